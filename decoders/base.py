@@ -1,0 +1,122 @@
+"""The decoder interface every decoder implements.
+
+A decoder turns one bin of spike counts into one decoded vector, keeping its
+state between bins (``step``). The same model run over a whole recording
+(``predict``) must give the same numbers as stepping it bin by bin, so offline
+evaluation tells the truth about online behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+class Decoder(ABC):
+    """Stateful, bin-by-bin decoder.
+
+    Attributes set by ``fit`` (or ``load``): ``n_inputs``, ``n_outputs``,
+    ``bin_ms`` and ``output_names``. ``step`` may return a buffer it reuses on
+    the next call: copy the result if you keep it.
+    """
+
+    #: registry name, written into model files
+    kind: ClassVar[str] = ""
+    _registry: ClassVar[dict[str, type[Decoder]]] = {}
+
+    n_inputs: int = 0
+    n_outputs: int = 0
+    bin_ms: float = 0.0
+    output_names: list[str]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.kind:
+            Decoder._registry[cls.kind] = cls
+
+    # --- online -------------------------------------------------------------
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget all state; the next ``step`` is the first bin of a new run."""
+
+    @abstractmethod
+    def step(self, counts: np.ndarray) -> np.ndarray:
+        """Decode one bin: ``counts`` has shape (n_inputs,), returns (n_outputs,)."""
+
+    def adapt(self, target: np.ndarray) -> None:
+        """Update the model online towards ``target`` for the last stepped bin.
+
+        Decoders without online recalibration ignore it; ``supports_adapt`` says which.
+        """
+
+    supports_adapt: ClassVar[bool] = False
+
+    # --- offline ------------------------------------------------------------
+    @abstractmethod
+    def fit(self, counts: np.ndarray, targets: np.ndarray, **kwargs: Any) -> Decoder:
+        """Fit on (T, n_inputs) counts and (T, n_outputs) targets; returns self."""
+
+    def predict(self, counts: np.ndarray) -> np.ndarray:
+        """Run a whole recording from a fresh state: (T, n_inputs) -> (T, n_outputs)."""
+        self.reset()
+        out = np.empty((len(counts), self.n_outputs))
+        for t in range(len(counts)):
+            out[t] = self.step(counts[t])
+        self.reset()
+        return out
+
+    # --- persistence ----------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "type": self.kind,
+            "n_inputs": self.n_inputs,
+            "n_outputs": self.n_outputs,
+            "bin_ms": self.bin_ms,
+            "output_names": list(getattr(self, "output_names", [])),
+        }
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Fitted parameters as named arrays (what ``save`` writes)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """Restore from ``state_dict`` output and ``metadata``."""
+
+    def save(self, path: str | Path, extra_meta: dict[str, Any] | None = None) -> Path:
+        """Write ``<path>.npz`` (weights) and ``<path>.json`` (metadata)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path.with_suffix(".npz"), **self.state_dict())
+        meta = self.metadata() | (extra_meta or {})
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=float))
+        return path.with_suffix(".json")
+
+    @staticmethod
+    def load(path: str | Path) -> Decoder:
+        """Load any registered decoder from a model file written by ``save``."""
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        cls = Decoder._registry.get(meta.get("type", ""))
+        if cls is None:
+            raise ValueError(
+                f"{path}: unknown decoder type {meta.get('type')!r}; "
+                f"known: {sorted(Decoder._registry)}"
+            )
+        with np.load(path.with_suffix(".npz")) as z:
+            state = {k: z[k] for k in z.files}
+        dec = cls.__new__(cls)
+        dec.load_state_dict(state, meta)
+        return dec
+
+
+def build_decoder(kind: str, **params: Any) -> Decoder:
+    """Create an unfitted decoder by registry name (``kalman``, ``wiener``, ``snn``...)."""
+    cls = Decoder._registry.get(kind)
+    if cls is None:
+        raise ValueError(f"unknown decoder {kind!r}; known: {sorted(Decoder._registry)}")
+    return cls(**params)

@@ -1,0 +1,123 @@
+"""Kalman filter decoder (Wu et al. 2006): the baseline every BCI lab runs.
+
+State x_t (e.g. position and velocity) evolves linearly, x_t = A x_{t-1} + w,
+and spike counts are a linear, noisy read-out of it, y_t = H x_t + q. A, W, H and
+Q are fitted by least squares on a calibration block. With ``steady_state=True``
+the gain is iterated to convergence once at fit time, so each step is two
+small matrix-vector products.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Decoder
+
+
+def _lstsq(X: np.ndarray, Y: np.ndarray, ridge: float) -> np.ndarray:
+    """Solve Y ~ X @ B with a small ridge; returns B (X.shape[1], Y.shape[1])."""
+    XtX = X.T @ X
+    XtX[np.diag_indices_from(XtX)] += ridge * (np.trace(XtX) / max(len(XtX), 1) + 1e-12)
+    return np.linalg.solve(XtX, X.T @ Y)
+
+
+class KalmanDecoder(Decoder):
+    kind = "kalman"
+
+    def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int = 0):
+        self.steady_state = steady_state
+        self.ridge = ridge
+        self.lag = lag  # bins by which neural activity leads behaviour
+        self.output_names = []
+
+    # --------------------------------------------------------------- fitting
+    def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
+            output_names: list[str] | None = None, **_: Any) -> KalmanDecoder:
+        Y = np.asarray(counts, float)
+        X = np.asarray(targets, float)
+        if self.lag:
+            Y, X = Y[self.lag:], X[: -self.lag]
+        if len(Y) != len(X) or len(X) < 3:
+            raise ValueError(f"need >= 3 aligned bins, got counts {Y.shape} targets {X.shape}")
+        self.n_inputs, self.n_outputs = Y.shape[1], X.shape[1]
+        self.bin_ms = bin_ms
+        self.output_names = output_names or [f"x{i}" for i in range(self.n_outputs)]
+        # Normalise counts so the ridge is scale-free.
+        self.y_mean = Y.mean(0)
+        self.x_mean = X.mean(0)
+        Yc, Xc = Y - self.y_mean, X - self.x_mean
+        X0, X1 = Xc[:-1], Xc[1:]
+        self.A = _lstsq(X0, X1, self.ridge).T
+        self.W = np.cov((X1 - X0 @ self.A.T).T).reshape(self.n_outputs, self.n_outputs)
+        self.H = _lstsq(Xc, Yc, self.ridge).T
+        R = Yc - Xc @ self.H.T
+        self.Q = (R.T @ R) / len(R)
+        self.Q[np.diag_indices_from(self.Q)] += 1e-6
+        self.P0 = np.cov(Xc.T).reshape(self.n_outputs, self.n_outputs)
+        self._prepare()
+        return self
+
+    def _prepare(self) -> None:
+        n = self.n_outputs
+        self._Qinv = np.linalg.inv(self.Q)
+        self._HtQinv = self.H.T @ self._Qinv
+        self._HtQinvH = self._HtQinv @ self.H
+        self.K_ss = None
+        if self.steady_state:
+            P = self.P0.copy()
+            for _ in range(2000):
+                Pp = self.A @ P @ self.A.T + self.W
+                # Information form: P = (Pp^-1 + H' Q^-1 H)^-1, K = P H' Q^-1 (stable for many channels)
+                Pn = np.linalg.inv(np.linalg.inv(Pp) + self._HtQinvH)
+                if np.abs(Pn - P).max() < 1e-12 * max(1.0, np.abs(P).max()):
+                    P = Pn
+                    break
+                P = Pn
+            self.K_ss = P @ self._HtQinv
+            # x_t = (I - K H) A x_{t-1} + K y_t
+            self._M = (np.eye(n) - self.K_ss @ self.H) @ self.A
+        self._x = np.zeros(n)
+        self._out = np.zeros(n)
+        self._tmp = np.zeros(n)
+        self._yc = np.zeros(self.n_inputs)
+        self.reset()
+
+    # --------------------------------------------------------------- online
+    def reset(self) -> None:
+        self._x[:] = 0.0
+        self._P = self.P0.copy()
+
+    def step(self, counts: np.ndarray) -> np.ndarray:
+        np.subtract(counts, self.y_mean, out=self._yc)
+        if self.K_ss is not None:
+            np.dot(self._M, self._x, out=self._tmp)
+            self._tmp += self.K_ss @ self._yc
+            self._x, self._tmp = self._tmp, self._x
+        else:
+            xp = self.A @ self._x
+            Pp = self.A @ self._P @ self.A.T + self.W
+            self._P = np.linalg.inv(np.linalg.inv(Pp) + self._HtQinvH)
+            K = self._P @ self._HtQinv
+            self._x = xp + K @ (self._yc - self.H @ xp)
+        np.add(self._x, self.x_mean, out=self._out)
+        return self._out
+
+    # --------------------------------------------------------------- persistence
+    def metadata(self) -> dict[str, Any]:
+        return super().metadata() | {
+            "steady_state": self.steady_state, "ridge": self.ridge, "lag": self.lag,
+        }
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in ("A", "W", "H", "Q", "P0", "x_mean", "y_mean")}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.__init__(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0))
+        for k, v in state.items():
+            setattr(self, k, np.asarray(v, float))
+        self.n_inputs, self.n_outputs = int(meta["n_inputs"]), int(meta["n_outputs"])
+        self.bin_ms = float(meta.get("bin_ms", 0.0))
+        self.output_names = list(meta.get("output_names", []))
+        self._prepare()

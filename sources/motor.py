@@ -1,0 +1,136 @@
+"""Simulated motor cortex during centre-out reaching.
+
+N units with cosine tuning to hand velocity (Georgopoulos 1982) fire as
+inhomogeneous Poisson processes. The hand reaches from the centre to one of
+``n_targets`` targets on a circle with a minimum-jerk profile, holds, returns
+and holds again. Ground truth is [x, y, vx, vy] (cm, cm/s).
+
+``drift()`` rotates the preferred directions and silences a fraction of units
+mid-run: the non-stationarity that online recalibration must recover from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import SimSource, Step
+
+NS = 1_000_000_000
+
+
+@dataclass
+class MotorConfig:
+    units: int = 96
+    baseline_hz: float = 12.0
+    modulation_hz: float = 10.0  # rate change per unit of normalised velocity along the PD
+    radius_cm: float = 10.0
+    reach_s: float = 0.8
+    hold_s: float = 0.4
+    n_targets: int = 8
+    substep_ns: int = 1_000_000  # rate resolution for event generation
+    seed: int = 0
+
+
+class MotorCortexSim(SimSource):
+    truth_names = ["x", "y", "vx", "vy"]
+
+    def __init__(self, config: MotorConfig | None = None, **overrides):
+        cfg = config or MotorConfig()
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        if not 1 <= cfg.units <= 65535:
+            raise ValueError(f"units must be 1..65535, got {cfg.units}")
+        self.cfg = cfg
+        self.channels = cfg.units
+        self.rng = np.random.default_rng(cfg.seed)
+        n = cfg.units
+        self.pd = self.rng.uniform(0, 2 * np.pi, n)
+        self.base = cfg.baseline_hz * self.rng.uniform(0.5, 1.5, n)
+        self.depth = cfg.modulation_hz * self.rng.uniform(0.5, 1.5, n)
+        self.gain = np.ones(n)  # 0 for silenced units
+        self._vmax = 1.875 * cfg.radius_cm / cfg.reach_s  # peak min-jerk speed
+        self._set_tuning()
+        self.t_ns = 0
+        self._segment_start_ns = 0
+        self._segments = self._new_trial()
+
+    # ------------------------------------------------------------ trajectory
+    def _new_trial(self) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Segments (duration_s, start, end): reach out, hold, reach back, hold."""
+        c = self.cfg
+        ang = 2 * np.pi * self.rng.integers(c.n_targets) / c.n_targets
+        target = c.radius_cm * np.array([np.cos(ang), np.sin(ang)])
+        home = np.zeros(2)
+        return [(c.reach_s, home, target), (c.hold_s, target, target),
+                (c.reach_s, target, home), (c.hold_s, home, home)]
+
+    def _kinematics(self, t_ns: int) -> np.ndarray:
+        """Position and velocity at t_ns (advancing through trials as needed)."""
+        while True:
+            dur, p0, p1 = self._segments[0]
+            tau = (t_ns - self._segment_start_ns) / NS / dur
+            if tau <= 1.0:
+                break
+            self._segment_start_ns += int(dur * NS)
+            self._segments.pop(0)
+            if not self._segments:
+                self._segments = self._new_trial()
+        tau = max(tau, 0.0)
+        s = 10 * tau**3 - 15 * tau**4 + 6 * tau**5
+        ds = (30 * tau**2 - 60 * tau**3 + 30 * tau**4) / dur
+        return np.concatenate([p0 + (p1 - p0) * s, (p1 - p0) * ds])
+
+    # ------------------------------------------------------------ neurons
+    def _set_tuning(self) -> None:
+        self._cos = np.cos(self.pd) * self.depth * self.gain / self._vmax
+        self._sin = np.sin(self.pd) * self.depth * self.gain / self._vmax
+        self._b = self.base * self.gain
+
+    def rates(self, kin: np.ndarray) -> np.ndarray:
+        """Firing rates (Hz) of all units for kinematics [x, y, vx, vy]."""
+        return np.maximum(self._b + self._cos * kin[2] + self._sin * kin[3], 0.0)
+
+    def drift(self, rotate_deg: float = 30.0, silence_frac: float = 0.2) -> None:
+        """Rotate every preferred direction and silence a random fraction of units."""
+        self.pd = self.pd + np.deg2rad(rotate_deg)
+        k = int(round(silence_frac * self.cfg.units))
+        self.gain[self.rng.choice(self.cfg.units, k, replace=False)] = 0.0
+        self._set_tuning()
+
+    def advance(self, dt_ns: int) -> Step:
+        sub = self.cfg.substep_ns
+        t0 = self.t_ns
+        ids_parts, time_parts = [], []
+        t = t0
+        while t < t0 + dt_ns:
+            width = min(sub, t0 + dt_ns - t)
+            lam = self.rates(self._kinematics(t + width // 2)) * (width / NS)
+            n = self.rng.poisson(lam)
+            total = int(n.sum())
+            if total:
+                ids_parts.append(np.repeat(np.arange(self.channels, dtype=np.uint32), n))
+                time_parts.append(t + self.rng.integers(0, width, total))
+            t += width
+        self.t_ns = t0 + dt_ns
+        truth = self._kinematics(self.t_ns)
+        if ids_parts:
+            ids = np.concatenate(ids_parts)
+            times = np.concatenate(time_parts).astype(np.int64)
+            order = np.argsort(times, kind="stable")
+            ids, times = ids[order], times[order]
+        else:
+            ids, times = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return Step(ids, times, truth, self.t_ns)
+
+    def counts(self, n_bins: int, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Fast batch mode: Poisson counts per bin at the bin's mid-point rate."""
+        counts = np.empty((n_bins, self.channels))
+        truth = np.empty((n_bins, 4))
+        for b in range(n_bins):
+            kin = self._kinematics(self.t_ns + bin_ns // 2)
+            counts[b] = self.rng.poisson(self.rates(kin) * (bin_ns / NS))
+            self.t_ns += bin_ns
+            truth[b] = self._kinematics(self.t_ns)
+        return counts, truth
