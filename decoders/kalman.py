@@ -69,7 +69,7 @@ class KalmanDecoder(Decoder):
             P = self.P0.copy()
             for _ in range(2000):
                 Pp = self.A @ P @ self.A.T + self.W
-                # Information form: P = (Pp^-1 + H' Q^-1 H)^-1, K = P H' Q^-1 (stable for many channels)
+                # Information form keeps the update stable with many channels
                 Pn = np.linalg.inv(np.linalg.inv(Pp) + self._HtQinvH)
                 if np.abs(Pn - P).max() < 1e-12 * max(1.0, np.abs(P).max()):
                     P = Pn
