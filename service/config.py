@@ -1,0 +1,103 @@
+"""Session configuration: the pydantic models the REST API accepts and stores.
+
+A config fully describes a session, so that it can be stored, restarted after
+an API restart, and replayed with the same decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from stim.limits import SafetyLimits
+
+_ENDPOINT = re.compile(r"^(tcp://[^\s:]+:(\d+|\*)|ipc://\S+|inproc://\S+)$")
+
+
+def _check_endpoint(v: str) -> str:
+    if not _ENDPOINT.match(v):
+        raise ValueError(
+            f"{v!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT (PORT 0 or * = any free port) "
+            "or ipc:///path"
+        )
+    return v
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="Where the source publishes")
+    channels: int = Field(96, ge=1, le=65536, description="Number of units/channels")
+    spikes_topic: str = "spikes"
+    behavior_topic: str = Field("behavior", description="Ground truth / calibration targets")
+    stream: str | None = Field(None, description="Accept only frames of this stream id")
+    reorder_tolerance_ms: float = Field(0.0, ge=0, le=1000,
+                                        description="Late events within this window are binned")
+    timestamp_tolerance_ms: float = Field(50.0, ge=0, le=60_000,
+                                          description="A frame older than this is rejected")
+    server_key: str | None = Field(None, description="CurveZMQ public key of the source (z85)")
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+
+class DecoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field("kalman", description="Decoder kind to calibrate (kalman, wiener, snn, ...)")
+    model: str | None = Field(None, description="Name of a stored model: skips calibration")
+    params: dict[str, Any] = Field(default_factory=dict, description="Decoder constructor args")
+    calibration_s: float = Field(30.0, gt=0, le=3600,
+                                 description="Source-clock seconds collected before fitting")
+    outputs: list[str] | None = Field(None, description="Behaviour names to decode (default all)")
+    adapt: bool = Field(False, description="Recalibrate online from the behaviour topic")
+
+
+class StimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    modality: Literal["dbs", "opto"] = "dbs"
+    policy: dict[str, Any] = Field(default_factory=lambda: {"type": "speed_to_dbs"},
+                                   description='{"type": name, **params}')
+    limits: SafetyLimits = Field(default_factory=SafetyLimits)
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field("tcp://127.0.0.1:0",
+                          description="PUB socket for decoded/stim/heartbeat (port 0 = any free)")
+    high_water_mark: int = Field(10_000, ge=1, le=10_000_000)
+    heartbeat_ms: float = Field(100.0, gt=0, le=10_000)
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+
+class SessionConfig(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{
+                "name": "monkey-J-day3",
+                "bin_ms": 20,
+                "source": {"endpoint": "tcp://127.0.0.1:5555", "channels": 96},
+                "decoder": {"type": "kalman", "calibration_s": 30},
+                "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
+            }]
+        },
+    )
+
+    name: str = Field("session", min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")
+    bin_ms: float = Field(20.0, ge=0.1, le=1000, description="Decoding bin width (source clock)")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    stim: StimConfig = Field(default_factory=StimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    record: bool = Field(True, description="Write a recording of the session")
+    gc_freeze: bool = Field(True, description="Freeze the GC after start-up (latency)")
+    cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")
+
+    @property
+    def bin_ns(self) -> int:
+        return int(round(self.bin_ms * 1e6))
