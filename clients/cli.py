@@ -1,0 +1,303 @@
+"""The ``spikeloop`` command line."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+
+app = typer.Typer(
+    help="spikeloop: closed-loop BCI service. Start with `spikeloop run` (everything at once) "
+         "or `spikeloop serve` + `spikeloop sim` + `spikeloop session create/start`.",
+    no_args_is_help=True, add_completion=False)
+session_app = typer.Typer(help="Create, start, stop and list sessions.", no_args_is_help=True)
+app.add_typer(session_app, name="session")
+
+DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
+DEFAULT_API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
+
+
+def _token(data_dir: Path, token: str | None) -> str | None:
+    from service.auth import read_admin_token
+
+    return token or os.environ.get("SPIKELOOP_TOKEN") or read_admin_token(data_dir)
+
+
+def _client(api: str, data_dir: Path, token: str | None):
+    from .control import ControlClient
+
+    return ControlClient(api, _token(data_dir, token))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ============================================================================ serve
+@app.command()
+def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)"),
+          port: int = typer.Option(8000, help="HTTP port"),
+          data_dir: Path = typer.Option(DEFAULT_DATA, help="Database, recordings, models"),
+          no_auth: bool = typer.Option(False, "--no-auth", help="Disable tokens (loopback only)"),
+          keep_sessions: bool = typer.Option(False, help="Leave sessions running on exit")):
+    """Run the control plane (FastAPI + uvicorn).
+
+    Example: spikeloop serve --port 8000 --data-dir var
+    """
+    import uvicorn
+
+    from service.api import Settings, create_app
+
+    if no_auth and not _is_loopback(host):
+        typer.echo(f"refusing to serve on {host} without authentication: drop --no-auth "
+                   "or bind to 127.0.0.1", err=True)
+        raise typer.Exit(2)
+    app_ = create_app(Settings(data_dir=data_dir, auth=not no_auth,
+                               stop_sessions_on_shutdown=not keep_sessions))
+    if app_.state.token_path:
+        typer.echo(f"admin token: {app_.state.token_path.resolve()}", err=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+# ============================================================================ sim
+@app.command()
+def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to bind"),
+        source: str = typer.Option("motor", help="motor | parkinson | opsin"),
+        units: int = typer.Option(96, min=1, max=65535, help="Number of units"),
+        step_ms: float = typer.Option(1.0, help="Frame period (source clock)"),
+        seed: int = typer.Option(0),
+        fast: bool = typer.Option(False, help="As fast as possible instead of real time"),
+        seconds: float | None = typer.Option(None, help="Stop after this much source time"),
+        counts: bool = typer.Option(False, help="Publish binned counts instead of events"),
+        stim_endpoint: str | None = typer.Option(None, help="Session output to take stim from"),
+        baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0)):
+    """Publish a simulated neural source on the wire protocol.
+
+    Example: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
+    """
+    from .publisher import SpikePublisher
+    from .simrunner import run_source
+
+    src = _make_source(source, units, seed, baseline_hz, modulation_hz)
+    pub = SpikePublisher(endpoint, src.channels, stream=f"sim-{source}")
+    typer.echo(f"{source} source: {src.channels} units on {pub.endpoint}", err=True)
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    try:
+        run_source(src, pub, step_ms, realtime=not fast, duration_s=seconds,
+                   stim_endpoint=stim_endpoint, send_counts=counts,
+                   should_stop=lambda: stop["flag"])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        pub.close()
+
+
+def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float):
+    if kind == "motor":
+        from sources.motor import MotorCortexSim
+
+        return MotorCortexSim(units=units, seed=seed, baseline_hz=baseline_hz,
+                              modulation_hz=modulation_hz)
+    if kind == "parkinson":
+        from sources.parkinson import ParkinsonianSource
+
+        return ParkinsonianSource(units=units, seed=seed)
+    if kind == "opsin":
+        from sources.opsin import OpsinSource
+
+        return OpsinSource(units=units, seed=seed)
+    raise typer.BadParameter(f"unknown source {kind!r}: use motor, parkinson or opsin")
+
+
+# ============================================================================ sessions
+@session_app.command("create")
+def session_create(
+        config: Path | None = typer.Option(None, help="Session config JSON file"),
+        source: str = typer.Option("tcp://127.0.0.1:5555", help="Source endpoint"),
+        channels: int = typer.Option(96), bin_ms: float = typer.Option(20.0),
+        decoder: str = typer.Option("kalman"), model: str | None = typer.Option(None),
+        calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
+        api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
+        token: str | None = typer.Option(None)):
+    """Create a session (from a JSON config file, or from options).
+
+    Example: spikeloop session create --channels 96 --decoder kalman --calibration-s 20
+    """
+    cfg: dict[str, Any] = json.loads(config.read_text()) if config else {
+        "name": name, "bin_ms": bin_ms,
+        "source": {"endpoint": source, "channels": channels},
+        "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
+    }
+    with _client(api, data_dir, token) as c:
+        _print(c.create_session(cfg))
+
+
+@session_app.command("start")
+def session_start(sid: str, api: str = typer.Option(DEFAULT_API),
+                  data_dir: Path = typer.Option(DEFAULT_DATA),
+                  token: str | None = typer.Option(None)):
+    """Start a created or stopped session."""
+    with _client(api, data_dir, token) as c:
+        _print(c.start(sid))
+
+
+@session_app.command("stop")
+def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
+                 data_dir: Path = typer.Option(DEFAULT_DATA),
+                 token: str | None = typer.Option(None)):
+    """Stop a session: stimulation is driven safe first."""
+    with _client(api, data_dir, token) as c:
+        _print(c.stop(sid))
+
+
+@session_app.command("list")
+def session_list(api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
+                 token: str | None = typer.Option(None)):
+    """List sessions with their state."""
+    with _client(api, data_dir, token) as c:
+        for s in c.sessions():
+            live = s.get("live") or {}
+            typer.echo(f"{s['id']}  {s['state']:<12} {s['name']:<20} bins={live.get('bins', '-')}"
+                       f"  {s['error']}")
+
+
+def _print(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# ============================================================================ stream
+@app.command()
+def stream(sid: str = typer.Argument(..., help="Session id"),
+           api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
+           every: int = typer.Option(10, help="Print every N-th bin"),
+           token: str | None = typer.Option(None)):
+    """Print a session's decoded outputs with a running R² against the truth."""
+    with _client(api, data_dir, token) as c:
+        endpoint = c.session(sid)["output_endpoint"]
+    if not endpoint:
+        typer.echo(f"session {sid} has no output yet: start it first", err=True)
+        raise typer.Exit(1)
+    _follow(endpoint, every)
+
+
+def _follow(endpoint: str, every: int, should_stop=lambda: False) -> None:
+    from .stream import RunningR2, StreamClient
+
+    sc = StreamClient(endpoint, topics=(b"decoded", b"heartbeat"))
+    r2 = RunningR2()
+    n = 0
+    try:
+        while not should_stop():
+            u = sc.recv(500)
+            if u is None:
+                continue
+            if u.kind == "heartbeat":
+                if u.fields.get("state") == "calibrating" and n == 0:
+                    typer.echo(f"calibrating... ({u.fields.get('bins', 0)} bins)", err=True)
+                continue
+            n += 1
+            if u.truth is not None and len(u.truth) == len(u.decoded):
+                r2.add(u.decoded, u.truth)
+            if n % every == 0:
+                dec = " ".join(f"{v:7.2f}" for v in u.decoded[-2:])
+                tru = " ".join(f"{v:7.2f}" for v in u.truth[-2:]) if u.truth is not None else ""
+                score = " ".join(f"{v:5.2f}" for v in r2.r2()[-2:])
+                typer.echo(f"bin {u.seq:6d}  decoded v [{dec}]  true v [{tru}]  R² [{score}]")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sc.close()
+
+
+# ============================================================================ run
+@app.command()
+def run(units: int = typer.Option(96, help="Simulated units"),
+        bin_ms: float = typer.Option(20.0), calibration_s: float = typer.Option(20.0),
+        port: int = typer.Option(8000), source_port: int = typer.Option(5555),
+        data_dir: Path = typer.Option(DEFAULT_DATA),
+        seconds: float | None = typer.Option(None, help="Stop after this many seconds")):
+    """Run everything: control plane, simulated motor cortex, and a closed-loop session.
+
+    Prints live decoded vs true velocity with a running R² until Ctrl-C, then stops
+    the session and every process it started.
+    """
+    from .control import ControlClient
+
+    py = sys.executable
+    procs: list[subprocess.Popen] = []
+    api = f"http://127.0.0.1:{port}"
+    src = f"tcp://127.0.0.1:{source_port}"
+    stop = {"flag": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
+    client = None
+    sid = None
+    try:
+        procs.append(subprocess.Popen([py, "-m", "clients.cli", "serve", "--port", str(port),
+                                       "--data-dir", str(data_dir)]))
+        procs.append(subprocess.Popen([py, "-m", "clients.cli", "sim", "--endpoint", src,
+                                       "--units", str(units)]))
+        client = ControlClient(api, None)
+        _wait_http(client, procs[0])
+        client = ControlClient(api, _token(data_dir, None))
+        s = client.create_session({
+            "name": "demo", "bin_ms": bin_ms,
+            "source": {"endpoint": src, "channels": units},
+            "decoder": {"type": "kalman", "calibration_s": calibration_s},
+            "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
+        })
+        sid = s["id"]
+        s = client.start(sid)
+        typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
+                   f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
+        t_end = time.monotonic() + seconds if seconds else None
+        _follow(s["output_endpoint"], every=10,
+                should_stop=lambda: stop["flag"] or (t_end is not None
+                                                     and time.monotonic() > t_end))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if client is not None and sid is not None:
+            try:
+                final = client.stop(sid)
+                typer.echo(f"session {sid} {final['state']}", err=True)
+            except Exception as exc:  # still stop the processes below
+                typer.echo(f"could not stop session cleanly: {exc}", err=True)
+        for p in reversed(procs):
+            p.send_signal(signal.SIGINT if p is procs[0] else signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        typer.echo("all processes stopped", err=True)
+
+
+def _wait_http(client, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("the control plane exited during start-up")
+        try:
+            client.health()
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError("the control plane did not come up")
+
+
+if __name__ == "__main__":
+    app()

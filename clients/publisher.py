@@ -1,0 +1,67 @@
+"""A spike publisher a lab can wrap around its acquisition system.
+
+It binds a PUB socket and sends wire-protocol v1 frames with consecutive
+sequence numbers. Timestamps are the acquisition clock in nanoseconds.
+
+    pub = SpikePublisher("tcp://127.0.0.1:5555", channels=96)
+    pub.send_events(ids, times_ns, t_ns=now_ns)   # every few ms
+    pub.send_behavior([x, y, vx, vy], t_ns=now_ns, names=["x", "y", "vx", "vy"])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import zmq
+
+from service import protocol as P
+
+
+class SpikePublisher:
+    def __init__(self, endpoint: str, channels: int, stream: str = "sim",
+                 spikes_topic: bytes = b"spikes", behavior_topic: bytes = b"behavior",
+                 high_water_mark: int = 100_000, bind: bool = True,
+                 context: zmq.Context | None = None):
+        self.channels = channels
+        self.stream = stream
+        self.spikes_topic = spikes_topic
+        self.behavior_topic = behavior_topic
+        self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
+        self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
+        self.socket.setsockopt(zmq.LINGER, 500)
+        if bind:
+            self.socket.bind(endpoint)
+            self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        else:
+            self.socket.connect(endpoint)
+            self.endpoint = endpoint
+        self.seq = 0
+        self._behavior_seq = 0
+
+    def send_events(self, ids: np.ndarray, times_ns: np.ndarray, t_ns: int,
+                    extra: dict | None = None) -> None:
+        """Spikes whose times are all <= ``t_ns``, the clock at sending."""
+        self.socket.send_multipart(P.encode_events(
+            self.spikes_topic, self.stream, self.seq, t_ns, self.channels, ids, times_ns,
+            extra), copy=False)
+        self.seq += 1
+
+    def send_counts(self, counts: np.ndarray, t_ns: int, bin_ns: int) -> None:
+        """One bin of counts covering [t_ns, t_ns + bin_ns)."""
+        self.socket.send_multipart(P.encode_array(
+            self.spikes_topic, P.KIND_COUNTS, self.stream, self.seq, t_ns, counts, bin_ns),
+            copy=False)
+        self.seq += 1
+
+    def send_behavior(self, values: Sequence[float] | np.ndarray, t_ns: int,
+                      names: Sequence[str] | None = None) -> None:
+        """Ground truth / behaviour at ``t_ns`` (calibration targets, scoring)."""
+        extra = {"names": list(names)} if names else None
+        self.socket.send_multipart(P.encode_array(
+            self.behavior_topic, P.KIND_BEHAVIOR, self.stream, self._behavior_seq, t_ns,
+            np.asarray(values, np.float64), extra=extra), copy=False)
+        self._behavior_seq += 1
+
+    def close(self) -> None:
+        self.socket.close()

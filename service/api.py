@@ -1,0 +1,285 @@
+"""The control plane: REST + WebSocket over the session manager.
+
+Reads are open on the loopback interface; anything that changes a session
+needs a token with the ``control`` scope, and anything that can change
+stimulation (arming, limits) needs ``stim``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.asyncio
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from pydantic import BaseModel, Field
+from starlette.websockets import WebSocketDisconnect
+
+from stim.limits import SafetyLimits
+
+from . import __version__
+from . import protocol as P
+from .auth import ensure_admin_token, hash_token
+from .config import SessionConfig
+from .control import SessionUnreachable
+from .sessions import ACTIVE, SessionError, SessionManager, SessionNotFound
+from .store import Store
+
+
+@dataclass
+class Settings:
+    data_dir: Path
+    auth: bool = True
+    stop_sessions_on_shutdown: bool = True
+
+
+# ---------------------------------------------------------------------- schemas
+class SessionOut(BaseModel):
+    id: str
+    name: str
+    state: str = Field(description="created | starting | calibrating | running | stopped | failed")
+    error: str
+    pid: int | None
+    created_at: float
+    updated_at: float
+    config: dict[str, Any]
+    output_endpoint: str | None
+    recording: str | None
+    live: dict[str, Any] | None = Field(None, description="Status from the running process")
+
+
+class AdaptIn(BaseModel):
+    enabled: bool = True
+
+
+class ArmOut(BaseModel):
+    armed: bool
+
+
+# ---------------------------------------------------------------------- metrics
+class SessionCollector:
+    """Prometheus collector that asks every running session for its metrics at scrape time."""
+
+    def __init__(self, manager: SessionManager):
+        self.manager = manager
+
+    def collect(self):
+        lat = HistogramMetricFamily("spikeloop_stage_latency_seconds",
+                                    "Per-stage loop latency", labels=["session", "stage"])
+        bins = CounterMetricFamily("spikeloop_bins", "Bins decoded", labels=["session"])
+        rej = CounterMetricFamily("spikeloop_rejected_frames", "Frames rejected, by reason",
+                                  labels=["session", "reason"])
+        ctr = CounterMetricFamily("spikeloop_events", "Loop counters (gaps, drops, stim ...)",
+                                  labels=["session", "counter"])
+        states = GaugeMetricFamily("spikeloop_sessions", "Sessions by state", labels=["state"])
+        by_state: dict[str, int] = {}
+        for row in self.manager.store.list_sessions():
+            by_state[row["state"]] = by_state.get(row["state"], 0) + 1
+            if row["state"] not in ACTIVE:
+                continue
+            try:
+                m = self.manager.control(row["id"], {"cmd": "metrics"}, timeout_ms=300)["metrics"]
+            except (SessionUnreachable, SessionError, RuntimeError):
+                continue
+            sid = row["id"]
+            for stage, h in m["stages"].items():
+                cum, buckets = 0, []
+                for edge, c in zip([*h["buckets_us"], float("inf")], h["counts"], strict=True):
+                    cum += c
+                    buckets.append((str(edge / 1e6) if edge != float("inf") else "+Inf", cum))
+                lat.add_metric([sid, stage], buckets, h["sum_us"] / 1e6)
+            bins.add_metric([sid], m["counters"].get("bins", 0))
+            for reason in P.REJECT_REASONS:
+                rej.add_metric([sid, reason], m["rejected"].get(reason, 0))
+            for name, v in m["counters"].items():
+                ctr.add_metric([sid, name], v)
+        for s, n in by_state.items():
+            states.add_metric([s], n)
+        yield from (lat, bins, rej, ctr, states)
+
+
+# ---------------------------------------------------------------------- app
+def create_app(settings: Settings) -> FastAPI:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_dir / "spikeloop.db")
+    manager = SessionManager(settings.data_dir, store)
+    token_path = ensure_admin_token(store, settings.data_dir) if settings.auth else None
+    registry = CollectorRegistry()
+    registry.register(SessionCollector(manager))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.reattach = await asyncio.to_thread(manager.reattach)
+        yield
+        if settings.stop_sessions_on_shutdown:
+            await asyncio.to_thread(manager.stop_all)
+        store.close()
+
+    app = FastAPI(
+        title="spikeloop",
+        version=__version__,
+        description="Closed-loop BCI control plane: sessions, decoders, stimulation safety.",
+        lifespan=lifespan,
+    )
+    app.state.manager = manager
+    app.state.settings = settings
+    app.state.token_path = token_path
+
+    # ------------------------------------------------------------------ auth
+    def require(scope: str):
+        def dep(authorization: str | None = Header(None, description="Bearer <token>")) -> None:
+            if not settings.auth:
+                return
+            if not authorization or not authorization.lower().startswith("bearer "):
+                raise HTTPException(
+                    401, f"this call needs a token with the '{scope}' scope: send "
+                         f"'Authorization: Bearer <token>' (admin token: {token_path})",
+                    headers={"WWW-Authenticate": "Bearer"})
+            scopes = store.token_scopes(hash_token(authorization[7:].strip()))
+            if scopes is None:
+                raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+            if scope not in scopes:
+                raise HTTPException(403, f"token lacks the '{scope}' scope (has {scopes})")
+        return Depends(dep)
+
+    # ------------------------------------------------------------------ errors
+    @app.exception_handler(SessionNotFound)
+    async def _not_found(request: Request, exc: SessionNotFound):
+        return JSONResponse({"detail": f"no session with id {exc.args[0]!r}; "
+                                       "GET /sessions lists them"}, status_code=404)
+
+    @app.exception_handler(SessionError)
+    async def _conflict(request: Request, exc: SessionError):
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(SessionUnreachable)
+    async def _unreachable(request: Request, exc: SessionUnreachable):
+        return JSONResponse({"detail": str(exc)}, status_code=504)
+
+    # ------------------------------------------------------------------ health
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, Any]:
+        return {"ok": True, "version": __version__}
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    # ------------------------------------------------------------------ sessions
+    @app.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
+    def list_sessions():
+        return manager.list()
+
+    @app.post("/sessions", response_model=SessionOut, status_code=201, tags=["sessions"],
+              dependencies=[require("control")])
+    def create_session(config: SessionConfig):
+        return manager.create(config)
+
+    @app.get("/sessions/{sid}", response_model=SessionOut, tags=["sessions"])
+    def get_session(sid: str):
+        return manager.get(sid)
+
+    @app.post("/sessions/{sid}/start", response_model=SessionOut, tags=["sessions"],
+              dependencies=[require("control")])
+    def start_session(sid: str):
+        return manager.start(sid)
+
+    @app.post("/sessions/{sid}/stop", response_model=SessionOut, tags=["sessions"],
+              dependencies=[require("control")])
+    def stop_session(sid: str):
+        return manager.stop(sid)
+
+    @app.delete("/sessions/{sid}", status_code=204, tags=["sessions"],
+                dependencies=[require("control")])
+    def delete_session(sid: str) -> Response:
+        manager.delete(sid)
+        return Response(status_code=204)
+
+    @app.get("/sessions/{sid}/metrics", tags=["sessions"])
+    def session_metrics(sid: str) -> dict[str, Any]:
+        return manager.control(sid, {"cmd": "metrics"})["metrics"]
+
+    @app.post("/sessions/{sid}/adapt", tags=["sessions"], dependencies=[require("control")])
+    def set_adapt(sid: str, body: AdaptIn) -> dict[str, Any]:
+        manager.control(sid, {"cmd": "adapt", "enabled": body.enabled})
+        return {"adapt": body.enabled}
+
+    # ------------------------------------------------------------------ stimulation
+    @app.post("/sessions/{sid}/arm", response_model=ArmOut, tags=["stimulation"],
+              dependencies=[require("stim")])
+    def arm(sid: str):
+        return {"armed": manager.control(sid, {"cmd": "arm"})["armed"]}
+
+    @app.post("/sessions/{sid}/disarm", response_model=ArmOut, tags=["stimulation"],
+              dependencies=[require("stim")])
+    def disarm(sid: str):
+        return {"armed": manager.control(sid, {"cmd": "disarm"})["armed"]}
+
+    @app.get("/sessions/{sid}/limits", response_model=SafetyLimits, tags=["stimulation"])
+    def get_limits(sid: str):
+        row = manager.get(sid)
+        if row["live"] and "limits" in row["live"]:
+            return row["live"]["limits"]
+        return row["config"]["stim"]["limits"]
+
+    @app.put("/sessions/{sid}/limits", response_model=SafetyLimits, tags=["stimulation"],
+             dependencies=[require("stim")])
+    def put_limits(sid: str, limits: SafetyLimits):
+        row = manager.get(sid)
+        if row["state"] in ACTIVE:
+            manager.control(sid, {"cmd": "limits", "limits": limits.model_dump()})
+        cfg = SessionConfig.model_validate(row["config"])
+        cfg.stim.limits = limits
+        manager.store.update_session(sid, config=json.dumps(cfg.model_dump()))
+        return limits
+
+    # ------------------------------------------------------------------ stream
+    @app.websocket("/sessions/{sid}/stream")
+    async def stream(ws: WebSocket, sid: str, every: int = Query(1, ge=1, le=10_000)):
+        """Decoded outputs (every ``every``-th bin), stim commands and heartbeats as JSON."""
+        try:
+            row = manager.get(sid)
+        except SessionNotFound:
+            await ws.close(code=4404, reason=f"no session {sid}")
+            return
+        if row["state"] not in ACTIVE or not row["output_endpoint"]:
+            await ws.close(code=4409, reason=f"session is {row['state']}")
+            return
+        await ws.accept()
+        ctx = zmq.asyncio.Context.instance()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVHWM, 10_000)
+        for topic in (b"decoded", b"stim", b"heartbeat"):
+            sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sub.connect(row["output_endpoint"])
+        n = 0
+        try:
+            while True:
+                frames = await sub.recv_multipart()
+                msg = P.decode(frames)
+                h = msg.header
+                if h.kind == P.KIND_DECODED:
+                    n += 1
+                    if n % every:
+                        continue
+                    await ws.send_json({"kind": h.kind, "bin": h.seq, "t_ns": h.t_ns,
+                                        "decoded": np.asarray(msg.values).tolist(),
+                                        "truth": h.extra.get("truth")})
+                else:
+                    await ws.send_json({"kind": h.kind, "t_ns": h.t_ns, **h.extra})
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            sub.close(0)
+
+    return app

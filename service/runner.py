@@ -1,0 +1,530 @@
+"""The session process: one closed loop, in its own interpreter.
+
+Run as ``python -m service.runner --config FILE --id ID --control ENDPOINT
+--run-dir DIR``. The loop never shares a GIL with the HTTP server; the control
+plane talks to it over a ZeroMQ ROUTER socket (JSON requests, JSON replies).
+
+States: created -> calibrating -> running -> stopped | failed. While
+calibrating (or whenever the decoder is missing or faulty) every bin drives
+the stimulator to its safe state. State transitions are written to
+``<run-dir>/<id>.status.json`` so the control plane can tell how a session
+ended even after the process is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from decoders.base import Decoder, build_decoder
+from stim.commands import command_to_dict
+from stim.guard import Outcome
+
+from . import protocol as P
+from .config import SessionConfig
+from .metrics import SessionMetrics
+from .pipeline import BinResult, LoopPipeline, build_pipeline
+
+now_ns = time.perf_counter_ns
+
+
+class SessionRunner:
+    def __init__(self, session_id: str, config: SessionConfig, control_endpoint: str,
+                 run_dir: Path, models_dir: Path | None = None,
+                 recordings_dir: Path | None = None):
+        self.id = session_id
+        self.cfg = config
+        self.run_dir = run_dir
+        self.models_dir = models_dir
+        self.recordings_dir = recordings_dir
+        self.state = "created"
+        self.error = ""
+        self.metrics = SessionMetrics()
+        self.tracker = P.SequenceTracker(int(config.source.timestamp_tolerance_ms * 1e6))
+        self.pipeline: LoopPipeline = build_pipeline(config, None)
+        self.stop_requested = False
+        self.recorder = None
+        self.recording_path: Path | None = None
+        self._cal_counts: list[np.ndarray] = []
+        self._cal_truth: list[np.ndarray] = []
+        self._truth_names: list[str] = []
+        self._fit_thread: threading.Thread | None = None
+        self._fitted: Decoder | None = None
+        self._fit_error = ""
+        self._last_bin_wall = now_ns()
+        self._watchdog_tripped = False
+        self._last_cmd_obj: Any = None
+        self._last_cmd_dict: dict | None = None
+        self._out_seq = 0
+        self._stim_bytes_topic = b"stim"
+        self._spikes_topic = config.source.spikes_topic.encode()
+        self._behavior_topic = config.source.behavior_topic.encode()
+
+        self.ctx = zmq.Context.instance()
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.bind(control_endpoint)
+        self.output = self.ctx.socket(zmq.PUB)
+        self.output.setsockopt(zmq.SNDHWM, config.output.high_water_mark)
+        self.output.setsockopt(zmq.LINGER, 0)
+        self.output_endpoint = _bind(self.output, config.output.endpoint)
+        self.ingest = self.ctx.socket(zmq.SUB)
+        self.ingest.setsockopt(zmq.RCVHWM, 1_000_000)
+        self.ingest.setsockopt(zmq.LINGER, 0)
+        if config.source.server_key:
+            _curve_client(self.ingest, config.source.server_key)
+        self.ingest.setsockopt(zmq.SUBSCRIBE, self._spikes_topic)
+        self.ingest.setsockopt(zmq.SUBSCRIBE, self._behavior_topic)
+        self.ingest.connect(config.source.endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.ingest, zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
+
+    # ================================================================== lifecycle
+    def start(self) -> None:
+        if self.cfg.record and self.recordings_dir is not None:
+            self._open_recorder()
+        if self.cfg.decoder.model:
+            dec = self._load_model(self.cfg.decoder.model)
+            self._install_decoder(dec)
+        else:
+            self._set_state("calibrating")
+
+    def _open_recorder(self) -> None:
+        from .recorder import Recorder
+
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        self.recording_path = self.recordings_dir / f"{self.id}-{stamp}.splog"
+        self.recorder = Recorder(self.recording_path)
+        self.recorder.config({"session_id": self.id, "config": self.cfg.model_dump(),
+                              "software": _software_versions()})
+
+    def _load_model(self, name: str) -> Decoder:
+        from decoders.store import ModelStore
+
+        return ModelStore(self.models_dir).load(name)
+
+    def _install_decoder(self, dec: Decoder) -> None:
+        """Switch to running from the next bin; the recording says at which bin."""
+        if dec.n_inputs != self.cfg.source.channels:
+            raise ValueError(f"model expects {dec.n_inputs} channels, source has "
+                             f"{self.cfg.source.channels}")
+        self.pipeline.decoder = dec
+        if self.recorder is not None:
+            self.recorder.model(dec.metadata() | {"bin": self.pipeline.binner.next_index},
+                                dec.state_dict())
+        self._set_state("running")
+
+    def _set_state(self, state: str, error: str = "") -> None:
+        self.state = state
+        if error:
+            self.error = error
+        if self.recorder is not None:
+            self.recorder.event({"state": state, "error": error,
+                                 "bin": self.pipeline.binner.next_index})
+        self._write_status()
+
+    def _write_status(self) -> None:
+        path = self.run_dir / f"{self.id}.status.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.status(), default=_jsonable))
+        os.replace(tmp, path)
+
+    # ================================================================== loop
+    def run(self) -> None:
+        if self.cfg.cpu is not None and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {self.cfg.cpu})
+        gc.collect()
+        if self.cfg.gc_freeze:
+            gc.freeze()  # start-up objects are never scanned again: shorter pauses
+        heartbeat_ns = int(self.cfg.output.heartbeat_ms * 1e6)
+        next_heartbeat = now_ns()
+        poll_ms = max(1, int(self.cfg.output.heartbeat_ms / 2))
+        ingest, control = self.ingest, self.control
+        while not self.stop_requested:
+            events = dict(self.poller.poll(poll_ms))
+            if ingest in events:
+                # Drain everything queued before looking at control or timers.
+                while True:
+                    try:
+                        frames = ingest.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._on_frames(frames, now_ns())
+            if control in events:
+                self._on_control()
+            t = now_ns()
+            if t >= next_heartbeat:
+                self._heartbeat()
+                next_heartbeat = t + heartbeat_ns
+                self._check_watchdog(t)
+                self._check_fit()
+                if self.recorder is not None and self.recorder.error and self.state == "running":
+                    self._fail_safe(f"recording failed: {self.recorder.error}")
+        self._shutdown()
+
+    def _on_frames(self, frames: list, recv: int) -> None:
+        m = self.metrics
+        try:
+            msg = P.decode(frames)
+            h = msg.header
+            if self.cfg.source.stream is not None and h.stream != self.cfg.source.stream:
+                raise P.ProtocolError("wrong_stream", f"stream {h.stream!r}")
+            if h.kind in (P.KIND_EVENTS, P.KIND_COUNTS):
+                if h.channels != self.cfg.source.channels:
+                    raise P.ProtocolError(
+                        "channel_mismatch",
+                        f"frame has {h.channels} channels, session expects "
+                        f"{self.cfg.source.channels}")
+                if h.seq == 0 and self.tracker.last_seq is not None:
+                    self.tracker.reset()  # the source restarted: a new stream
+                    m.counters["source_restarts"] += 1
+                missed = self.tracker.check(h)
+                if missed:
+                    m.counters["gaps"] += 1
+                    m.counters["missing_frames"] += missed
+            elif h.kind != P.KIND_BEHAVIOR:
+                raise P.ProtocolError("unknown_kind", f"{h.kind} is not an input kind")
+        except P.ProtocolError as exc:
+            m.rejected[exc.reason] += 1
+            if m.rejected[exc.reason] <= 10 or m.rejected[exc.reason] % 1000 == 0:
+                print(f"[session {self.id}] rejected frame: {exc}", file=sys.stderr, flush=True)
+            if self.recorder is not None:
+                self.recorder.rejected(frames, exc.reason, recv)
+            return
+        t_parsed = now_ns()
+        m.stages["parse"].observe_ns(t_parsed - recv)
+        if self.recorder is not None:
+            self.recorder.input(frames, recv)
+        if h.kind == P.KIND_BEHAVIOR:
+            if not self._truth_names:
+                self._truth_names = list(h.extra.get("names") or
+                                         [f"x{i}" for i in range(h.channels)])
+            self.pipeline.add(msg)
+            return
+        m.counters["frames"] += 1
+        if h.kind == P.KIND_EVENTS:
+            m.counters["events"] += h.n
+        self.pipeline.add(msg)
+        t_binned = now_ns()
+        m.stages["bin"].observe_ns(t_binned - t_parsed)
+        for r in self.pipeline.ready(LoopPipeline.watermark(msg)):
+            self._on_bin(r, h.seq, recv, t_binned)
+            t_binned = now_ns()
+
+    def _on_bin(self, r: BinResult, in_seq: int, recv: int, t0: int) -> None:
+        m = self.metrics
+        t_done = now_ns()
+        m.stages["decode"].observe_ns(t_done - t0)  # decode + policy + guard
+        self._last_bin_wall = t_done
+        self._watchdog_tripped = False
+        m.counters["bins"] += 1
+        if r.error:
+            m.counters["decoder_errors"] += 1
+            if self.state == "running":
+                self.error = r.error
+                m.counters["degraded_bins"] += 1
+        out = r.outcome
+        self._publish_stim(out, r.index, in_seq)
+        t_sent = now_ns()
+        m.stages["stim"].observe_ns(t_sent - t_done)
+        m.e2e(t_sent - recv)
+        if t_sent - recv > self.cfg.bin_ns:
+            m.counters["missed_bins"] += 1
+        if r.decoded is not None:
+            truth = r.truth
+            self.output.send_multipart(P.encode_array(
+                b"decoded", P.KIND_DECODED, self.id, r.index, r.start_ns, r.decoded,
+                self.cfg.bin_ns,
+                {"truth": truth.tolist() if truth is not None else None}), copy=False)
+        m.stages["publish"].observe_ns(now_ns() - t_sent)
+        if self.recorder is not None:
+            self.recorder.bin(r.index, r.start_ns, r.decoded, self._outcome_dict(out))
+            for ev in r.controls:
+                self.recorder.event(ev | {"bin": r.index})
+        if self.state == "calibrating" and r.truth is not None:
+            self._collect_calibration(r)
+
+    def _outcome_dict(self, out: Outcome) -> dict[str, Any]:
+        cmd = out.command
+        if cmd is not self._last_cmd_obj:  # commands are immutable once sent: cache the dict
+            self._last_cmd_obj = cmd
+            self._last_cmd_dict = command_to_dict(cmd) if cmd is not None else None
+        return {"status": out.status, "command": self._last_cmd_dict,
+                "request": command_to_dict(out.request) if out.request is not None else None,
+                "reasons": out.reasons}
+
+    def _publish_stim(self, out: Outcome, index: int, in_seq: int) -> None:
+        d = self._outcome_dict(out)
+        self._out_seq += 1
+        self.output.send_multipart(P.encode_control(
+            b"stim", P.KIND_STIM, self.id, self._out_seq, out.t_ns,
+            {"status": d["status"], "cmd": d["command"], "reasons": d["reasons"],
+             "bin": index, "in_seq": in_seq, "armed": self.pipeline.guard.armed}))
+        self.metrics.counters[f"stim_{out.status}"] += 1
+
+    def _heartbeat(self) -> None:
+        self._out_seq += 1
+        guard = self.pipeline.guard
+        self.output.send_multipart(P.encode_control(
+            b"heartbeat", P.KIND_HEARTBEAT, self.id, self._out_seq,
+            self.pipeline.binner.start_of(self.pipeline.binner.next_index)
+            if self.pipeline.binner.origin_ns is not None else 0,
+            {"state": self.state, "armed": guard.armed,
+             "bins": self.metrics.counters["bins"]}))
+
+    # ================================================================== safety
+    def _check_watchdog(self, t: int) -> None:
+        deadline = int(self.pipeline.guard.limits.watchdog_ms * 1e6)
+        if self._watchdog_tripped or t - self._last_bin_wall <= deadline:
+            return
+        self._watchdog_tripped = True
+        self.metrics.counters["watchdog_trips"] += 1
+        self._fail_safe(f"watchdog: no decoder update for {(t - self._last_bin_wall) / 1e6:.0f} ms",
+                        keep_state=True)
+
+    def _fail_safe(self, reason: str, keep_state: bool = False) -> None:
+        """Drive the stimulator safe *now* (not at the next bin) and say so on every channel."""
+        binner = self.pipeline.binner
+        t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
+        if keep_state:
+            out = self.pipeline.guard.safe_state(t, reason)
+            op = "safe"
+        else:
+            out = self.pipeline.guard.disarm(t)
+            out.reasons.append(reason)
+            op = "disarm"
+        self._publish_stim(out, binner.next_index, -1)
+        if self.recorder is not None and not self.recorder.error:
+            self.recorder.event({"op": op, "reason": reason, "bin": binner.next_index})
+        print(f"[session {self.id}] safe state: {reason}", file=sys.stderr, flush=True)
+        if not keep_state:
+            self._set_state("failed", reason)
+            self.stop_requested = True
+
+    # ================================================================== calibration
+    def _collect_calibration(self, r: BinResult) -> None:
+        if self._fit_thread is not None:
+            return
+        self._cal_counts.append(r.counts.copy())
+        self._cal_truth.append(np.array(r.truth, dtype=float))
+        need = int(self.cfg.decoder.calibration_s * 1000 / self.cfg.bin_ms)
+        if len(self._cal_counts) >= need:
+            self._fit_thread = threading.Thread(target=self._fit, daemon=True)
+            self._fit_thread.start()
+
+    def _fit(self) -> None:
+        try:
+            counts = np.asarray(self._cal_counts)
+            truth = np.asarray(self._cal_truth)
+            names = self._truth_names or [f"x{i}" for i in range(truth.shape[1])]
+            wanted = self.cfg.decoder.outputs
+            if wanted:
+                missing = [n for n in wanted if n not in names]
+                if missing:
+                    raise ValueError(f"decoder.outputs {missing} not in behaviour {names}")
+                sel = [names.index(n) for n in wanted]
+                truth, names = truth[:, sel], list(wanted)
+            dec = build_decoder(self.cfg.decoder.type, **self.cfg.decoder.params)
+            dec.fit(counts, truth, bin_ms=self.cfg.bin_ms, output_names=names)
+            self._fitted = dec
+        except Exception as exc:
+            self._fit_error = f"calibration failed: {type(exc).__name__}: {exc}"
+
+    def _check_fit(self) -> None:
+        if self._fit_thread is None or self._fit_thread.is_alive() or self.state != "calibrating":
+            return
+        if self._fitted is not None:
+            self._install_decoder(self._fitted)
+            self._cal_counts.clear()
+            self._cal_truth.clear()
+        else:
+            self._set_state("failed", self._fit_error)
+            self.stop_requested = True
+
+    # ================================================================== control
+    def _on_control(self) -> None:
+        while True:
+            try:
+                ident, raw = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue  # malformed control message: wrong frame count
+            extra: list[bytes] = []
+            try:
+                req = json.loads(raw)
+                reply = self._handle(req, extra)
+            except Exception as exc:
+                reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            self.control.send_multipart([ident, json.dumps(reply, default=_jsonable).encode(),
+                                         *extra])
+
+    def _handle(self, req: dict[str, Any], extra: list[bytes]) -> dict[str, Any]:
+        cmd = req.get("cmd")
+        guard = self.pipeline.guard
+        if cmd == "status":
+            return {"ok": True, "status": self.status()}
+        if cmd == "metrics":
+            return {"ok": True, "metrics": self.metrics.summary()}
+        if cmd == "latency":
+            extra.append(self.metrics.e2e_samples().tobytes())
+            return {"ok": True}
+        if cmd == "stop":
+            self.stop_requested = True
+            return {"ok": True}
+        if cmd == "arm":
+            self.pipeline.control({"op": "arm"})
+            guard.arm()  # visible at once in status; takes effect from the next bin
+            return {"ok": True, "armed": True}
+        if cmd == "disarm":
+            binner = self.pipeline.binner
+            t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
+            out = guard.disarm(t)
+            self._publish_stim(out, binner.next_index, -1)
+            if self.recorder is not None:
+                self.recorder.event({"op": "disarm", "bin": binner.next_index})
+            return {"ok": True, "armed": False}
+        if cmd == "limits":
+            from stim.limits import SafetyLimits
+
+            limits = SafetyLimits(**req["limits"])  # validated before queueing
+            self.pipeline.control({"op": "limits", "limits": limits.model_dump()})
+            return {"ok": True, "limits": limits.model_dump()}
+        if cmd == "adapt":
+            self.pipeline.control({"op": "adapt", "enabled": bool(req.get("enabled", True))})
+            return {"ok": True}
+        raise ValueError(f"unknown control command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        guard = self.pipeline.guard
+        dec = self.pipeline.decoder
+        c = self.metrics.counters
+        return {
+            "id": self.id,
+            "state": self.state,
+            "error": self.error,
+            "pid": os.getpid(),
+            "output_endpoint": self.output_endpoint,
+            "armed": guard.armed,
+            "stim": command_to_dict(guard.current),
+            "limits": guard.limits.model_dump(),
+            "bins": c["bins"],
+            "frames": c["frames"],
+            "gaps": c["gaps"],
+            "rejected": dict(self.metrics.rejected),
+            "counters": dict(c),
+            "late_events": self.pipeline.binner.late_events,
+            "calibration": {
+                "bins": len(self._cal_counts),
+                "needed": int(self.cfg.decoder.calibration_s * 1000 / self.cfg.bin_ms),
+            },
+            "decoder": dec.metadata() if dec is not None else None,
+            "adapt": self.pipeline.adapt,
+            "recording": str(self.recording_path) if self.recording_path else None,
+            "latency_e2e": self.metrics.summary()["latency_e2e"],
+        }
+
+    def _shutdown(self) -> None:
+        guard = self.pipeline.guard
+        binner = self.pipeline.binner
+        t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
+        out = guard.disarm(t)
+        try:
+            self._publish_stim(out, binner.next_index, -1)
+        except zmq.ZMQError:
+            pass
+        if self.state not in ("failed",):
+            self._set_state("stopped")
+        if self.recorder is not None:
+            self.recorder.event({"op": "disarm", "bin": binner.next_index, "reason": "stop"})
+            self.recorder.close()
+            self._write_status()
+        time.sleep(0.05)  # let the last safe command leave the socket
+        for s in (self.ingest, self.output, self.control):
+            s.close(0)
+
+
+# ====================================================================== helpers
+def _bind(sock: zmq.Socket, endpoint: str) -> str:
+    if endpoint.startswith("tcp://") and endpoint.rsplit(":", 1)[1] in ("0", "*"):
+        host = endpoint[len("tcp://"):].rsplit(":", 1)[0]
+        port = sock.bind_to_random_port(f"tcp://{host}")
+        return f"tcp://{host}:{port}"
+    sock.bind(endpoint)
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def _curve_client(sock: zmq.Socket, server_key: str) -> None:
+    pub, sec = zmq.curve_keypair()
+    sock.curve_publickey, sock.curve_secretkey = pub, sec
+    sock.curve_serverkey = server_key.encode()
+
+
+def _software_versions() -> dict[str, str]:
+    import torch
+
+    from . import __version__
+
+    return {"spikeloop": __version__, "python": sys.version.split()[0],
+            "numpy": np.__version__, "torch": torch.__version__, "pyzmq": zmq.__version__}
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run one spikeloop session (started by the API).")
+    ap.add_argument("--id", required=True)
+    ap.add_argument("--config", required=True, type=Path)
+    ap.add_argument("--control", required=True)
+    ap.add_argument("--run-dir", required=True, type=Path)
+    ap.add_argument("--models-dir", type=Path)
+    ap.add_argument("--recordings-dir", type=Path)
+    a = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = SessionConfig.model_validate_json(a.config.read_text())
+    runner = None
+    try:
+        runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir)
+
+        def _term(signum, frame):  # graceful stop on SIGTERM/SIGINT
+            runner.stop_requested = True
+
+        signal.signal(signal.SIGTERM, _term)
+        signal.signal(signal.SIGINT, _term)
+        runner.start()
+        runner.run()
+        return 0 if runner.state == "stopped" else 1
+    except Exception as exc:
+        traceback.print_exc()
+        status = {"id": a.id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        if runner is not None:
+            runner.state, runner.error = "failed", status["error"]
+            status = runner.status()
+        (a.run_dir / f"{a.id}.status.json").write_text(json.dumps(status, default=_jsonable))
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
