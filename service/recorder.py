@@ -107,10 +107,17 @@ def outcome_dict(outcome: Any) -> dict[str, Any]:
         return outcome
     return {
         "status": outcome.status,
-        "command": None if outcome.command is None else asdict(outcome.command),
-        "request": None if outcome.request is None else asdict(outcome.request),
+        "command": _fields(outcome.command),
+        "request": _fields(outcome.request),
         "reasons": list(outcome.reasons),
     }
+
+
+def _fields(cmd: Any) -> dict[str, Any] | None:
+    # A shallow dataclasses.asdict: commands are flat, and this runs once per bin.
+    if cmd is None:
+        return None
+    return {k: getattr(cmd, k) for k in cmd.__dataclass_fields__}
 
 
 def software_versions() -> dict[str, str]:
@@ -187,8 +194,11 @@ class Recorder:
         """The decoder as installed, so verify rebuilds exactly the same one."""
         arrays = {}
         for k, v in state.items():
-            a = np.ascontiguousarray(v)
-            arrays[k] = [a.dtype.str, list(a.shape), a.tobytes()]
+            a = np.asarray(v)
+            # Keep Fortran layout (e.g. a transposed fit result): BLAS may sum in a
+            # different order for another layout, and replay must match to the bit.
+            order = "F" if a.flags.f_contiguous and not a.flags.c_contiguous else "C"
+            arrays[k] = [a.dtype.str, list(a.shape), a.tobytes(order=order), order]
         self._put(RecordType.MODEL, pack({"meta": meta, "state": arrays}))
 
     def input(self, frames: list[Any], recv_ns: int) -> None:
@@ -303,8 +313,8 @@ def _decode(rtype: RecordType, payload: bytes) -> Any:
         dec = None if v[2] is None else np.frombuffer(v[2][1], dtype=v[2][0])
         return BinRecord(v[0], v[1], dec, v[3])
     if rtype == RecordType.MODEL:
-        state = {k: np.frombuffer(b, dtype=dt).reshape(shape).copy()
-                 for k, (dt, shape, b) in v["state"].items()}
+        state = {k: np.frombuffer(a[2], dtype=a[0]).reshape(a[1], order=a[3]).copy(order="K")
+                 for k, a in v["state"].items()}
         return v["meta"], state
     return v
 
