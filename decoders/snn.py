@@ -1,0 +1,340 @@
+"""Spiking neural network decoder (kind ``snn``).
+
+One hidden layer of adaptive LIF neurons with learnable, heterogeneous
+membrane and adaptation time constants (optionally recurrent, optionally with
+dendritic branches that each have their own time constant), read out by
+non-spiking leaky integrators from the hidden spikes and membrane potentials.
+Trained with surrogate gradients through time (:mod:`decoders.bptt`).
+
+Three thin layers over the math in :mod:`decoders.neurons`:
+
+* :class:`SNNNet` -- the trainable ``torch.nn.Module`` (batched, differentiable);
+* :class:`SNNKernel` -- the frozen inference form: normalisation folded into
+  the weights so the input layer sees raw counts; ``run`` (batch) and
+  ``step_`` (online, preallocated, in place) execute identical float32 ops;
+* :class:`SNNDecoder` -- the :class:`~decoders.base.Decoder` wrapper.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from . import neurons as nr
+from .base import Decoder
+
+
+def _log_uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
+    return torch.exp(math.log(lo) + torch.rand(n, generator=gen) * math.log(hi / lo))
+
+
+class SNNNet(nn.Module):
+    """Trainable network; inputs and targets are standardised (z-scored)."""
+
+    def __init__(self, n_in: int, n_out: int, hidden: int = 256, branches: int = 1,
+                 recurrent: bool = True, tau_mem: tuple[float, float] = (1.0, 20.0),
+                 tau_adapt: tuple[float, float] = (5.0, 100.0), tau_out: float = 2.0,
+                 adapt_frac: float = 0.5, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.n_in, self.n_out, self.hidden, self.branches = n_in, n_out, hidden, branches
+        bh = branches * hidden
+        w = torch.randn(bh, n_in, generator=g) * (1.0 / math.sqrt(n_in))
+        self.w_in = nn.Parameter(w * math.sqrt(branches))
+        self.b_in = nn.Parameter(torch.zeros(bh))
+        if branches > 1:
+            # each input reaches each neuron through exactly one branch
+            pick = torch.randint(branches, (hidden, n_in), generator=g)
+            mask = (pick.unsqueeze(0) == torch.arange(branches).view(-1, 1, 1)).float()
+            self.register_buffer("mask", mask.reshape(bh, n_in))
+            self.log_tau_d = nn.Parameter(torch.log(
+                _log_uniform(bh, 1.0, tau_mem[1], g)).view(branches, hidden))
+        else:
+            self.register_buffer("mask", torch.ones(1, 1))
+            self.log_tau_d = None
+        self.w_rec = (nn.Parameter(torch.randn(hidden, hidden, generator=g) * 0.1
+                                   / math.sqrt(hidden)) if recurrent else None)
+        self.log_tau_m = nn.Parameter(torch.log(_log_uniform(hidden, *tau_mem, g)))
+        self.log_tau_a = nn.Parameter(torch.log(_log_uniform(hidden, *tau_adapt, g)))
+        beta = (torch.rand(hidden, generator=g) < adapt_frac).float() * 1.0
+        self.beta = nn.Parameter(beta)
+        self.w_s = nn.Parameter(torch.zeros(n_out, hidden))
+        self.w_v = nn.Parameter(torch.randn(n_out, hidden, generator=g) * 0.01)
+        self.b_out = nn.Parameter(torch.zeros(n_out))
+        self.log_tau_o = nn.Parameter(torch.full((n_out,), math.log(tau_out)))
+
+    def input_weight(self) -> Tensor:
+        return self.w_in * self.mask if self.branches > 1 else self.w_in
+
+    def w_recurrent(self) -> Tensor | None:
+        if self.w_rec is None:
+            return None
+        return self.w_rec * (1.0 - torch.eye(self.hidden))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (B, T, n_in) standardised -> (outputs (B, T, n_out), spikes (B, T, H))."""
+        B, T, _ = x.shape
+        H = self.hidden
+        cur_all = x @ self.input_weight().T + self.b_in
+        alpha, rho = nr.decay(self.log_tau_m.exp()), nr.decay(self.log_tau_a.exp())
+        beta = self.beta.clamp(min=0.0)
+        kappa = nr.decay(self.log_tau_o.exp())
+        w_rec = self.w_recurrent()
+        st = nr.ALIFState(x.new_zeros(B, H), x.new_zeros(B, H), x.new_zeros(B, H))
+        d = x.new_zeros(B, self.branches, H) if self.branches > 1 else None
+        alpha_d = nr.decay(self.log_tau_d.exp()) if d is not None else None
+        y = x.new_zeros(B, self.n_out)
+        ys, ss = [], []
+        for t in range(T):
+            cur = cur_all[:, t]
+            if w_rec is not None:
+                cur = cur + st.s @ w_rec.T
+            if d is not None:
+                d = nr.dendrite_step(cur.view(B, self.branches, H), d, alpha_d)
+                cur = d.sum(1)
+            st = nr.alif_step(cur, st, alpha, rho, beta)
+            y = nr.leaky_readout(st.s @ self.w_s.T + st.v @ self.w_v.T + self.b_out, y, kappa)
+            ys.append(y)
+            ss.append(st.s)
+        return torch.stack(ys, 1), torch.stack(ss, 1)
+
+
+class SNNKernel:
+    """Frozen float32 inference form of :class:`SNNNet` (normalisation folded in).
+
+    ``run`` uses the functional neuron steps; ``step_`` repeats the very same
+    elementwise ops in place on preallocated tensors, so the two agree bit for bit.
+    """
+
+    def __init__(self, p: dict[str, Tensor], hidden: int, branches: int):
+        self.H, self.D = hidden, branches
+        f32 = {k: v.detach().to(torch.float32).contiguous() for k, v in p.items()}
+        self.w_in, self.b_in = f32["w_in"], f32["b_in"]
+        self.w_rec = f32.get("w_rec")
+        self.alpha, self.oma = f32["alpha"], 1.0 - f32["alpha"]
+        self.rho, self.omr = f32["rho"], 1.0 - f32["rho"]
+        self.beta = f32["beta"]
+        self.alpha_d = f32.get("alpha_d")
+        self.oma_d = None if self.alpha_d is None else 1.0 - self.alpha_d
+        self.w_s, self.w_v, self.b_out = f32["w_s"], f32["w_v"], f32["b_out"]
+        self.kappa, self.omk = f32["kappa"], 1.0 - f32["kappa"]
+        self.y0 = f32["y0"]
+        self.n_in, self.n_out = self.w_in.shape[1], self.w_s.shape[0]
+        z = torch.zeros
+        H, D, K = hidden, branches, self.n_out
+        # online state and scratch, allocated once
+        self.x = z(self.n_in)
+        self.x_np = self.x.numpy()
+        self.cur, self.v, self.a, self.s = z(D * H), z(H), z(H), z(H)
+        self.thr, self.tmp, self.tmp2 = z(H), z(H), z(H)
+        self.sb = torch.zeros(H, dtype=torch.bool)
+        self.d = z(D, H) if D > 1 else None
+        self.dtmp = z(D, H) if D > 1 else None
+        self.soma = z(H)
+        self.ro, self.ro2, self.y = z(K), z(K), z(K)
+        self.y_np = self.y.numpy()
+        self.reset()
+
+    def reset(self) -> None:
+        for t in (self.v, self.a, self.s):
+            t.zero_()
+        if self.d is not None:
+            self.d.zero_()
+        self.y.copy_(self.y0)
+
+    # ------------------------------------------------------------- online, in place
+    def step_(self, counts: np.ndarray) -> np.ndarray:
+        """One bin in place; returns a view of the output buffer (float32)."""
+        with torch.inference_mode():
+            np.copyto(self.x_np, counts, casting="same_kind")
+            cur = self.cur
+            torch.mv(self.w_in, self.x, out=cur)
+            cur.add_(self.b_in)
+            if self.w_rec is not None:
+                torch.mv(self.w_rec, self.s, out=self.tmp)
+                cur.add_(self.tmp)
+            if self.d is not None:
+                self.d.mul_(self.alpha_d)
+                torch.mul(self.oma_d, cur.view(self.D, self.H), out=self.dtmp)
+                self.d.add_(self.dtmp)
+                torch.sum(self.d, 0, out=self.soma)
+                cur = self.soma
+            # adaptive LIF (same op order as neurons.alif_step)
+            torch.mul(self.beta, self.a, out=self.thr)
+            self.thr.add_(1.0)
+            self.v.mul_(self.alpha)
+            torch.mul(self.oma, cur, out=self.tmp)
+            self.v.add_(self.tmp)
+            torch.sub(self.v, self.thr, out=self.tmp)
+            torch.gt(self.tmp, 0, out=self.sb)
+            self.s.copy_(self.sb)
+            torch.mul(self.s, self.thr, out=self.tmp)
+            self.v.sub_(self.tmp)
+            self.a.mul_(self.rho)
+            torch.mul(self.omr, self.s, out=self.tmp)
+            self.a.add_(self.tmp)
+            # leaky readout (same op order as neurons.leaky_readout)
+            torch.mv(self.w_s, self.s, out=self.ro)
+            torch.mv(self.w_v, self.v, out=self.ro2)
+            self.ro.add_(self.ro2)
+            self.ro.add_(self.b_out)
+            self.y.mul_(self.kappa)
+            torch.mul(self.omk, self.ro, out=self.ro2)
+            self.y.add_(self.ro2)
+        return self.y_np
+
+    # ------------------------------------------------------------- batch, functional
+    def run(self, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whole recording from a fresh state: (outputs (T, K), spikes (T, H))."""
+        H, D = self.H, self.D
+        with torch.inference_mode():
+            X = torch.from_numpy(np.ascontiguousarray(counts, dtype=np.float32))
+            st = nr.ALIFState(torch.zeros(H), torch.zeros(H), torch.zeros(H))
+            d = torch.zeros(D, H) if D > 1 else None
+            y = self.y0.clone()
+            ys = torch.empty(len(X), self.n_out)
+            ss = torch.empty(len(X), H)
+            for t in range(len(X)):
+                cur = torch.mv(self.w_in, X[t]) + self.b_in
+                if self.w_rec is not None:
+                    cur = cur + torch.mv(self.w_rec, st.s)
+                if d is not None:
+                    d = nr.dendrite_step(cur.view(D, H), d, self.alpha_d)
+                    cur = torch.sum(d, 0)
+                st = nr.alif_step(cur, st, self.alpha, self.rho, self.beta)
+                ro = torch.mv(self.w_s, st.s) + torch.mv(self.w_v, st.v) + self.b_out
+                y = nr.leaky_readout(ro, y, self.kappa)
+                ys[t], ss[t] = y, st.s
+        return ys.numpy().astype(np.float64), ss.numpy()
+
+
+def export_kernel_params(net: SNNNet, mu: np.ndarray, sd: np.ndarray, ymu: np.ndarray,
+                         ysd: np.ndarray) -> dict[str, np.ndarray]:
+    """Fold input/target standardisation into the weights (float64 arrays).
+
+    Inputs: w (x - mu)/sd + b = (w/sd) x + (b - (w/sd) mu). Outputs: the
+    readout is linear, so scaling its weights and bias by ``ysd`` and adding
+    ``ymu`` to the bias and to the initial state gives outputs in real units.
+    """
+    with torch.no_grad():
+        w = net.input_weight().double().numpy() / sd
+        p = {"w_in": w, "b_in": net.b_in.double().numpy() - w @ mu,
+             "alpha": nr.decay(net.log_tau_m.exp()).double().numpy(),
+             "rho": nr.decay(net.log_tau_a.exp()).double().numpy(),
+             "beta": net.beta.clamp(min=0).double().numpy(),
+             "w_s": net.w_s.double().numpy() * ysd[:, None],
+             "w_v": net.w_v.double().numpy() * ysd[:, None],
+             "b_out": net.b_out.double().numpy() * ysd + ymu,
+             "kappa": nr.decay(net.log_tau_o.exp()).double().numpy(),
+             "y0": np.asarray(ymu, float)}
+        if net.w_rec is not None:
+            p["w_rec"] = net.w_recurrent().double().numpy()
+        if net.log_tau_d is not None:
+            p["alpha_d"] = nr.decay(net.log_tau_d.exp()).double().numpy()
+    return p
+
+
+class SNNDecoder(Decoder):
+    """Spiking decoder; ``fit`` trains by BPTT, ``step`` runs the in-place kernel."""
+
+    kind = "snn"
+    supports_adapt = True
+
+    DEFAULTS: dict[str, Any] = {
+        "hidden": 256, "branches": 1, "recurrent": True, "tau_mem": (1.0, 20.0),
+        "tau_adapt": (5.0, 100.0), "tau_out": 2.0, "adapt_frac": 0.5,
+        "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 3e-3,
+        "weight_decay": 1e-2, "rate_reg": 1e-3, "input_dropout": 0.2, "val_frac": 0.1,
+        "patience": 20, "seed": 0,
+    }
+
+    def __init__(self, **params: Any):
+        unknown = set(params) - set(self.DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown SNN parameters {sorted(unknown)}")
+        self.params = self.DEFAULTS | params
+        self.output_names = []
+        self.history: list[dict[str, float]] = []
+        self.adapter = None
+
+    # --------------------------------------------------------------- fitting
+    def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
+            output_names: list[str] | None = None, segments: np.ndarray | None = None,
+            progress: Any = None, **_: Any) -> SNNDecoder:
+        from .bptt import train_snn
+
+        C = np.asarray(counts, np.float64)
+        Y = np.asarray(targets, np.float64)
+        self.n_inputs, self.n_outputs = C.shape[1], Y.shape[1]
+        self.bin_ms = bin_ms
+        self.output_names = output_names or [f"x{i}" for i in range(self.n_outputs)]
+        p = self.params
+        net = SNNNet(self.n_inputs, self.n_outputs, hidden=p["hidden"], branches=p["branches"],
+                     recurrent=p["recurrent"], tau_mem=tuple(p["tau_mem"]),
+                     tau_adapt=tuple(p["tau_adapt"]), tau_out=p["tau_out"],
+                     adapt_frac=p["adapt_frac"], seed=p["seed"])
+        mu, sd = C.mean(0), C.std(0) + 1e-3
+        ymu, ysd = Y.mean(0), Y.std(0) + 1e-9
+        self.history = train_snn(net, (C - mu) / sd, (Y - ymu) / ysd, segments, p,
+                                 progress=progress)
+        self.kparams = export_kernel_params(net, mu, sd, ymu, ysd)
+        self._prepare()
+        return self
+
+    def _prepare(self) -> None:
+        t = {k: torch.from_numpy(np.asarray(v)) for k, v in self.kparams.items()}
+        self.kernel = SNNKernel(t, int(self.params["hidden"]), int(self.params["branches"]))
+        self._out = np.zeros(self.n_outputs)
+
+    # --------------------------------------------------------------- online
+    def reset(self) -> None:
+        self.kernel.reset()
+
+    def step(self, counts: np.ndarray) -> np.ndarray:
+        y = self.kernel.step_(counts)
+        if self.adapter is not None:
+            self.adapter.after_step(self.kernel, y)
+        np.copyto(self._out, y)
+        return self._out
+
+    def predict(self, counts: np.ndarray) -> np.ndarray:
+        """Batch run from a fresh state (functional path; equals stepping)."""
+        if self.adapter is not None and self.adapter.enabled:
+            return super().predict(counts)  # adaptation is sequential by nature
+        return self.kernel.run(counts)[0]
+
+    def spikes(self, counts: np.ndarray) -> np.ndarray:
+        """Hidden-layer spikes (T, H) for a recording (for sparsity/op counting)."""
+        return self.kernel.run(counts)[1]
+
+    def adapt(self, target: np.ndarray) -> None:
+        if self.adapter is not None:
+            self.adapter.adapt(self.kernel, target)
+
+    # --------------------------------------------------------------- persistence
+    def n_params(self) -> int:
+        """Trainable parameters (masked-out dendritic weights not counted)."""
+        k = self.kparams
+        n_w = int(np.count_nonzero(k["w_in"])) if self.params["branches"] > 1 else k[
+            "w_in"].size
+        rest = sum(np.asarray(v).size for name, v in k.items() if name not in ("w_in", "y0"))
+        return n_w + rest
+
+    def metadata(self) -> dict[str, Any]:
+        p = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.params.items()}
+        return super().metadata() | {"params": p, "n_params": self.n_params()}
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in self.kparams.items()}
+
+    def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.__init__(**meta.get("params", {}))
+        self.kparams = {k: np.asarray(v, np.float64) for k, v in state.items()}
+        self.n_inputs, self.n_outputs = int(meta["n_inputs"]), int(meta["n_outputs"])
+        self.bin_ms = float(meta.get("bin_ms", 0.0))
+        self.output_names = list(meta.get("output_names", []))
+        self._prepare()
