@@ -42,12 +42,14 @@ class Binner:
 
     def _anchor(self, t_ns: int) -> None:
         if self.origin_ns is None:
-            self.origin_ns = t_ns - (t_ns % self.bin_ns)
+            t = t_ns - self.tolerance_ns  # leave room for events reordered before the first
+            self.origin_ns = t - (t % self.bin_ns)
 
-    def resync(self, t_ns: int) -> None:
-        """Restart the grid at ``t_ns`` (after a clock jump): pending counts are dropped."""
+    def resync(self) -> None:
+        """Restart the grid (after a clock jump): pending counts are dropped and the grid is
+        anchored afresh at the next frame's earliest time."""
         self._ring[:] = 0.0
-        self.origin_ns = t_ns - (t_ns % self.bin_ns)
+        self.origin_ns = None
         self.next_index = 0
         self.clock_jumps += 1
 
@@ -56,7 +58,7 @@ class Binner:
         if self.origin_ns is not None and (
             watermark_ns - self.start_of(self.next_index) > self.max_jump_ns
         ):
-            self.resync(watermark_ns)
+            self.resync()
 
     def add_events(self, ids: np.ndarray, times: np.ndarray, watermark_ns: int) -> None:
         """Events with times (ns) up to ``watermark_ns``, the frame's header time."""

@@ -153,7 +153,8 @@ def encode_array(
     values = np.ascontiguousarray(values)
     if values.dtype.byteorder == ">":
         values = values.astype(values.dtype.newbyteorder("<"))
-    h = Header(kind, stream, seq, t_ns, int(values.size), values.dtype.str, bin_ns=bin_ns,
+    dtype = values.dtype.str.replace("|", "<")  # one-byte types: numpy says '|u1'
+    h = Header(kind, stream, seq, t_ns, int(values.size), dtype, bin_ns=bin_ns,
                n=int(values.size), extra=extra or {})
     return [topic, _pack(h), values.data]
 

@@ -1,0 +1,153 @@
+"""Shared fixtures: real servers and sources on loopback, and a check that none outlive a test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs whose command line contains ``text`` (used to find leaked processes)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (d / "stat").read_text().split(") ", 1)[1][0]
+        except OSError:
+            continue
+        if text in cmd and state != "Z":
+            pids.append(int(d.name))
+    return pids
+
+
+def wait_for(pred, timeout_s: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+@dataclass
+class Server:
+    url: str
+    data_dir: Path
+    proc: subprocess.Popen
+    port: int
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
+
+    def client(self, token: str | None = "admin"):
+        from clients.control import ControlClient
+
+        return ControlClient(self.url, self.token if token == "admin" else token)
+
+
+def start_server(data_dir: Path, port: int | None = None) -> Server:
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [PY, "-m", "clients.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+        cwd=REPO, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", data_dir, proc, port)
+    from clients.control import ControlClient
+
+    c = ControlClient(srv.url)
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            return c.health()
+        except Exception:
+            return None
+
+    wait_for(up, 60, "the control plane to answer /healthz", 0.1)
+    return srv
+
+
+def stop_server(srv: Server) -> None:
+    if srv.proc.poll() is None:
+        srv.proc.send_signal(signal.SIGINT)
+        try:
+            srv.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+            srv.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path / "data")
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+        leaked = processes_mentioning(str(tmp_path))
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        assert not leaked, f"processes left behind: {leaked}"
+
+
+class SimThread:
+    """A simulated motor source published from a thread of the test process.
+
+    ``inject(step) -> list[frames]`` may return extra (e.g. malformed) frames to send
+    on the same socket after a given step.
+    """
+
+    def __init__(self, units: int = 96, seed: int = 0, inject=None):
+        from clients.publisher import SpikePublisher
+        from sources.motor import MotorCortexSim
+
+        self.port = free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.sim = MotorCortexSim(units=units, seed=seed)
+        self.pub = SpikePublisher(self.endpoint, units)
+        self.inject = inject
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_step(self, step: int) -> None:
+        if self.inject is not None:
+            for frames in self.inject(step) or ():
+                self.pub.socket.send_multipart(frames)
+
+    def _run(self) -> None:
+        from clients.simrunner import run_source
+
+        run_source(self.sim, self.pub, 1.0, realtime=True, should_stop=self._stop.is_set,
+                   on_step=self._on_step)
+
+    def __enter__(self) -> SimThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.pub.close()

@@ -1,0 +1,200 @@
+"""The loop closed for real: uvicorn, session processes and ZeroMQ sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+
+import msgpack
+import numpy as np
+import pytest
+
+from clients.control import ControlError
+from clients.stream import StreamClient
+from service import protocol as P
+from service.auth import new_token
+from service.store import Store
+from tests.conftest import (
+    PY,
+    REPO,
+    SimThread,
+    free_port,
+    processes_mentioning,
+    start_server,
+    stop_server,
+    wait_for,
+)
+
+
+def _session_config(endpoint: str, **over):
+    cfg = {"name": "e2e", "bin_ms": 10.0,
+           "source": {"endpoint": endpoint, "channels": 96},
+           "decoder": {"type": "kalman", "calibration_s": 8.0},
+           "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}}}
+    cfg.update(over)
+    return cfg
+
+
+def _r2(pred, true):
+    pred, true = np.asarray(pred), np.asarray(true)
+    return 1 - ((true - pred) ** 2).sum(0) / ((true - true.mean(0)) ** 2).sum(0)
+
+
+def test_session_decodes_simulated_reaching_end_to_end(server):
+    c = server.client()
+    with SimThread(units=96, seed=3) as sim:
+        s = c.create_session(_session_config(sim.endpoint))
+        assert s["state"] == "created"
+        s = c.start(s["id"])
+        assert s["state"] == "calibrating"
+        sc = StreamClient(s["output_endpoint"], topics=(b"decoded",))
+        pred, true = [], []
+        try:
+            while len(pred) < 1000:
+                u = sc.recv(timeout_ms=30_000)
+                assert u is not None, "no decoded output within 30 s"
+                if u.truth is not None:
+                    pred.append(u.decoded[2:4])
+                    true.append(u.truth[2:4])
+        finally:
+            sc.close()
+        r2 = _r2(pred, true)
+        assert r2.mean() >= 0.5, f"velocity R² {r2}"
+        live = c.session(s["id"])["live"]
+        assert live["state"] == "running" and live["bins"] >= 1000
+        assert live["armed"] is False and live["stim"]["amplitude_ma"] == 0.0
+        final = c.stop(s["id"])
+    assert final["state"] == "stopped"
+    assert not processes_mentioning(s["id"])
+
+
+def _bad_frames(step: int):
+    good = P.encode_events(b"spikes", "sim", 10**9 + step, 0, 96, np.array([1]), np.array([0]))
+    good = [bytes(f) for f in good]
+    if step % 97 != 50:
+        return []
+    hdr = msgpack.unpackb(good[1])
+    return [
+        [good[0], good[1], good[2][:1], good[3]],  # truncated ids
+        [good[0], b"\xc1not msgpack", good[2], good[3]],  # unparseable header
+        [good[0], msgpack.packb(hdr | {"v": 9}), good[2], good[3]],  # unknown version
+        [good[0], msgpack.packb(hdr | {"ch": 1}), good[2], good[3]],  # id >= channel count
+        [b"spikes"],  # missing frames
+    ]
+
+
+def test_malformed_frames_are_counted_and_decoding_goes_on(server):
+    c = server.client()
+    with SimThread(units=96, seed=4, inject=_bad_frames) as sim:
+        s = c.create_session(_session_config(sim.endpoint,
+                                             decoder={"type": "kalman", "calibration_s": 2.0}))
+        s = c.start(s["id"])
+        sid = s["id"]
+        live = wait_for(lambda: (lambda x: x if x["state"] == "running" and x["bins"] > 300
+                                 else None)(c.session(sid)["live"]), 60, "decoding")
+        bins_before = live["bins"]
+        live = wait_for(lambda: (lambda x: x if x["bins"] > bins_before + 200 else None)(
+            c.session(sid)["live"]), 30, "decoding to go on")
+        for reason in ("payload_size", "header_unparseable", "bad_version", "channel_range",
+                       "missing_frames"):
+            assert live["rejected"].get(reason, 0) >= 1, (reason, live["rejected"])
+        text = c.prometheus()
+        m = re.search(rf'spikeloop_rejected_frames_total{{reason="bad_version",'
+                      rf'session="{sid}"}} (\d+)', text)
+        assert m and int(m.group(1)) >= 1, text[:2000]
+        assert f'spikeloop_bins_total{{session="{sid}"}}' in text
+        assert 'stage="decode"' in text and 'le="0.0001"' in text
+        c.stop(sid)
+
+
+def test_stimulation_endpoints_need_the_stim_scope(server):
+    c = server.client()
+    with SimThread(units=96, seed=5) as sim:
+        s = c.start(c.create_session(_session_config(
+            sim.endpoint, decoder={"type": "kalman", "calibration_s": 1.0}))["id"])
+        sid = s["id"]
+        store = Store(server.data_dir / "spikeloop.db")
+        read_only = new_token(store, "viewer", ["read"])
+        operator = new_token(store, "operator", ["read", "control"])
+        store.close()
+        with pytest.raises(ControlError) as e:
+            server.client(token=None).arm(sid)
+        assert e.value.status == 401 and "stim" in str(e.value)
+        with pytest.raises(ControlError) as e:
+            server.client(token="slp_not_a_token").arm(sid)
+        assert e.value.status == 401
+        for tok in (read_only, operator):
+            with pytest.raises(ControlError) as e:
+                server.client(token=tok).arm(sid)
+            assert e.value.status == 403
+            with pytest.raises(ControlError) as e:
+                server.client(token=tok).set_limits(sid, {"max_amplitude_ma": 25})
+            assert e.value.status == 403
+        assert c.session(sid)["live"]["armed"] is False
+        assert c.arm(sid) == {"armed": True}
+        assert c.disarm(sid) == {"armed": False}
+        c.stop(sid)
+
+
+def test_invalid_payloads_and_unknown_ids_get_clear_errors(server):
+    c = server.client()
+    with pytest.raises(ControlError) as e:
+        c.create_session({"bin_ms": -1})
+    assert e.value.status == 422
+    with pytest.raises(ControlError) as e:
+        c.create_session({"source": {"endpoint": "http://nope"}})
+    assert e.value.status == 422 and "ZeroMQ endpoint" in str(e.value)
+    with pytest.raises(ControlError) as e:
+        c.create_session({"stim": {"limits": {"min_pulse_width_us": 500,
+                                               "max_pulse_width_us": 100}}})
+    assert e.value.status == 422
+    with pytest.raises(ControlError) as e:
+        c.start("doesnotexist")
+    assert e.value.status == 404 and "GET /sessions" in str(e.value)
+    s = c.create_session({})
+    with pytest.raises(ControlError) as e:
+        c.arm(s["id"])
+    assert e.value.status == 409 and "start it first" in str(e.value)
+
+
+def test_sessions_survive_an_api_crash_and_are_reattached(tmp_path):
+    data = tmp_path / "data"
+    srv = start_server(data)
+    sid = None
+    try:
+        with SimThread(units=96, seed=6) as sim:
+            c = srv.client()
+            s = c.start(c.create_session(_session_config(
+                sim.endpoint, decoder={"type": "kalman", "calibration_s": 1.0}))["id"])
+            sid = s["id"]
+            wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
+            os.killpg(srv.proc.pid, signal.SIGKILL)  # the API dies; the loop must not
+            srv.proc.wait()
+            assert processes_mentioning(sid), "session process died with the API"
+            srv = start_server(data, port=srv.port)
+            c = srv.client()
+            s = c.session(sid)
+            assert s["state"] == "running"
+            b0 = s["live"]["bins"]
+            wait_for(lambda: c.session(sid)["live"]["bins"] > b0 + 50, 20, "bins to advance")
+            assert c.stop(sid)["state"] == "stopped"
+    finally:
+        stop_server(srv)
+        leaked = processes_mentioning(str(tmp_path))
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        assert not leaked
+
+
+def test_run_command_closes_the_loop_and_leaves_no_process(tmp_path):
+    data = tmp_path / "var"
+    proc = subprocess.run(
+        [PY, "-m", "clients.cli", "run", "--seconds", "12", "--calibration-s", "3",
+         "--port", str(free_port()), "--source-port", str(free_port()), "--data-dir", str(data)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "R²" in proc.stdout and "decoded v" in proc.stdout, proc.stdout[-2000:]
+    assert "stopped" in proc.stderr and "all processes stopped" in proc.stderr
+    assert not processes_mentioning(str(tmp_path))
