@@ -33,7 +33,7 @@ import msgpack
 import numpy as np
 
 MAGIC = b"SPKLOG\x00\x01"  # last byte = format version
-SUFFIX = ".slog"
+SUFFIX = ".splog"
 _HEAD = struct.Struct("<IIB")
 MAX_RECORD = 1 << 30  # a longer length field can only be garbage
 
@@ -323,12 +323,15 @@ class LogReader:
     """Iterate the records of a log; afterwards ``discarded_bytes`` and ``clean`` tell
     whether it ended with a torn/corrupt tail or a CLOSE record.
 
-    ``types`` limits which records are decoded (others are checked and skipped).
+    ``types`` limits which records are decoded; the others are checksummed and
+    skipped, or with ``check_skipped=False`` only seeked over (a quick scan).
     """
 
-    def __init__(self, path: str | Path, types: set[RecordType] | None = None):
+    def __init__(self, path: str | Path, types: set[RecordType] | None = None,
+                 check_skipped: bool = True):
         self.path = Path(path)
         self.types = types
+        self.check_skipped = check_skipped
         self.discarded_bytes = 0
         self.valid_bytes = 0
         self.clean = False
@@ -353,6 +356,12 @@ class LogReader:
                 if length > MAX_RECORD or pos + _HEAD.size + length > size:
                     self.tail_error = "torn record"
                     break
+                wanted = self.types is None or rtype in self.types
+                if not wanted and not self.check_skipped:
+                    f.seek(length, os.SEEK_CUR)
+                    pos += _HEAD.size + length
+                    self.clean = self.clean or rtype == RecordType.CLOSE
+                    continue
                 payload = f.read(length)
                 if len(payload) < length or zlib.crc32(payload, zlib.crc32(head[8:])) != crc:
                     self.tail_error = f"checksum mismatch at byte {pos}"
@@ -364,16 +373,17 @@ class LogReader:
                     break
                 if rt == RecordType.CLOSE:
                     self.clean = True
-                if self.types is None or rt in self.types:
+                if wanted:
                     yield Record(rt, pos, _decode(rt, payload))
                 pos += _HEAD.size + length
         self.valid_bytes = pos
         self.discarded_bytes = size - pos
 
 
-def read_log(path: str | Path, types: set[RecordType] | None = None) -> LogReader:
+def read_log(path: str | Path, types: set[RecordType] | None = None,
+             check_skipped: bool = True) -> LogReader:
     """Records of the log at ``path``, stopping cleanly at a torn or corrupt tail."""
-    return LogReader(path, types)
+    return LogReader(path, types, check_skipped)
 
 
 def main(argv: list[str] | None = None) -> None:

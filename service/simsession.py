@@ -2,9 +2,9 @@
 
 It does what the session process does with every frame (encode on the wire
 protocol, record it, decode, bin, decode, stimulate, record the bin), collects
-a calibration block, fits the configured decoder, installs it the way verify
-rebuilds it, and applies control events between frames. Tests and
-``bench/replay.py`` use it to produce recordings whose replay must be identical.
+a calibration block, fits the configured decoder and installs it, and applies
+control events between frames. Tests and ``bench/replay.py`` use it to produce
+recordings whose replay must be identical.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from .config import SessionConfig
 from .pipeline import LoopPipeline, build_pipeline
 from .protocol import KIND_BEHAVIOR, decode, encode_array, encode_events
 from .recorder import Recorder
-from .verify import rebuild_decoder
 
 
 @dataclass
@@ -79,6 +78,8 @@ def run_sim_session(config: SessionConfig, sim: SimSource, seconds: float,
         for r in pipeline.ready(LoopPipeline.watermark(msg)):
             if rec:
                 rec.bin(r.index, r.start_ns, r.decoded, r.outcome)
+                for ev in r.controls:  # queued controls: recorded with the bin that applied them
+                    rec.event(ev | {"bin": r.index})
             res.bins += 1
             res.decoded.append(None if r.decoded is None else r.decoded.copy())
             res.statuses.append(r.outcome.status)
@@ -89,7 +90,8 @@ def run_sim_session(config: SessionConfig, sim: SimSource, seconds: float,
                 calib_counts.append(r.counts.copy())
                 calib_truth.append(r.truth.copy())
                 if len(calib_counts) >= calib_bins:
-                    pipeline.decoder = _calibrate(config, sim, calib_counts, calib_truth, rec)
+                    pipeline.decoder = _calibrate(config, sim, calib_counts, calib_truth, rec,
+                                                  r.index + 1)
     res.wall_seconds = time.perf_counter() - t0
     res.source_seconds = seconds
     if rec:
@@ -99,23 +101,29 @@ def run_sim_session(config: SessionConfig, sim: SimSource, seconds: float,
 
 
 def _apply(pipeline: LoopPipeline, ev: dict[str, Any], rec: Recorder | None) -> None:
-    ev = dict(ev, bin=pipeline.binner.next_index)
-    if ev["op"] == "disarm":
-        pipeline.guard.disarm(0)
-    elif ev["op"] == "safe":
-        pipeline.guard.safe_state(0, str(ev.get("reason", "safe state")))
-    else:
-        pipeline.control(ev)
-    if rec:
-        rec.event(ev)
+    """As the session process does: disarm/safe at once (recorded now, for the next
+    bin), other controls queued for the next bin (recorded with that bin)."""
+    k = pipeline.binner.next_index
+    if ev["op"] in ("disarm", "safe"):
+        if ev["op"] == "disarm":
+            pipeline.guard.disarm(0)
+        else:
+            pipeline.guard.safe_state(0, str(ev.get("reason", "safe state")))
+        if rec:
+            rec.event(ev | {"bin": k})
+        return
+    pipeline.control(ev)
+    if ev["op"] == "arm":
+        pipeline.guard.arm()
 
 
 def _calibrate(config: SessionConfig, sim: SimSource, counts: list[np.ndarray],
-               truth: list[np.ndarray], rec: Recorder | None):
+               truth: list[np.ndarray], rec: Recorder | None, next_bin: int):
+    """Fit on the calibration block and install the fitted object itself, as the
+    session process does; verify rebuilds it from the recorded state."""
     fitted = build_decoder(config.decoder.type, **config.decoder.params).fit(
         np.stack(counts), np.stack(truth), bin_ms=config.bin_ms,
         output_names=list(sim.truth_names))
-    meta, state = fitted.metadata(), fitted.state_dict()
     if rec:
-        rec.model(meta, state)
-    return rebuild_decoder(meta, state)
+        rec.model(fitted.metadata() | {"bin": next_bin}, fitted.state_dict())
+    return fitted

@@ -44,8 +44,32 @@ def rebuild_decoder(meta: dict[str, Any], state: dict[str, np.ndarray]) -> Decod
 
 
 def session_config(cfg: dict[str, Any]) -> SessionConfig:
-    """The recorded config as a SessionConfig (keys it does not know, e.g. versions, dropped)."""
+    """The recorded config as a SessionConfig.
+
+    Accepts the config itself or a wrapper holding it under ``"config"`` (the
+    session process adds its id and versions); unknown keys are dropped.
+    """
+    while "bin_ms" not in cfg and isinstance(cfg.get("config"), dict):
+        cfg = cfg["config"]
     return SessionConfig(**{k: v for k, v in cfg.items() if k in SessionConfig.model_fields})
+
+
+def recorded_controls(log_path: str | Path) -> dict[int, list[tuple[str, Any]]]:
+    """Controls and model installs by the bin before which they took effect, in log order.
+
+    The session records a control either when it applies it (disarm, safe) or
+    with the bin that applied it (arm, limits, adapt), so verify looks ahead
+    instead of relying on where the record sits in the log.
+    """
+    out: dict[int, list[tuple[str, Any]]] = {}
+    for rec in read_log(log_path, {RecordType.EVENT, RecordType.MODEL}, check_skipped=False):
+        if rec.type == RecordType.MODEL:
+            k = rec.value[0].get("bin")
+            if k is not None:
+                out.setdefault(int(k), []).append(("model", rec.value))
+        elif "op" in rec.value and rec.value.get("bin") is not None:
+            out.setdefault(int(rec.value["bin"]), []).append(("event", rec.value))
+    return out
 
 
 @dataclass
@@ -90,35 +114,29 @@ class _Replayer:
     def __init__(self, report: VerifyReport):
         self.report = report
         self.pipeline: LoopPipeline | None = None
-        self.pending_events: dict[int, list[dict[str, Any]]] = {}
+        self.controls: dict[int, list[tuple[str, Any]]] = {}  # by the bin they precede
         self.replayed: deque[tuple[int, np.ndarray | None, bytes, dict[str, Any]]] = deque()
         self.bin_ns = 0
 
     # ----------------------------------------------------------------- events
-    def apply_event(self, ev: dict[str, Any]) -> None:
-        p = self.pipeline
-        if p is None or "op" not in ev:
-            return  # state changes ("running", ...) carry no decision
-        k = ev.get("bin")
-        if k is not None and k > p.binner.next_index:
-            self.pending_events.setdefault(int(k), []).append(ev)
-            return
-        if k is not None and k < p.binner.next_index:
-            self.report.notes.append(
-                f"event {ev.get('op')} recorded for bin {k} applied before bin "
-                f"{p.binner.next_index}")
-        self._apply_now(ev)
+    def _apply_due(self, k: int) -> None:
+        """Apply what was recorded for bin ``k``, right before it is processed."""
+        for what, value in self.controls.pop(k, ()):
+            if what == "model":
+                self.install(*value)
+                continue
+            op = value["op"]
+            t_ns = int(value.get("t_ns", 0))
+            if op == "disarm":
+                self.pipeline.guard.disarm(t_ns)
+            elif op == "safe":
+                self.pipeline.guard.safe_state(t_ns, str(value.get("reason", "safe state")))
+            else:
+                self.pipeline.control(value)
 
-    def _apply_now(self, ev: dict[str, Any]) -> None:
-        p = self.pipeline
-        op = ev["op"]
-        t_ns = int(ev.get("t_ns", 0))
-        if op == "disarm":
-            p.guard.disarm(t_ns)
-        elif op == "safe":
-            p.guard.safe_state(t_ns, str(ev.get("reason", "safe state")))
-        else:
-            p.control(ev)
+    def install(self, meta: dict[str, Any], state: dict[str, np.ndarray]) -> None:
+        self.pipeline.decoder = rebuild_decoder(meta, state)
+        self.report.models += 1
 
     # ----------------------------------------------------------------- frames
     def feed(self, frames: list[bytes]) -> None:
@@ -128,12 +146,13 @@ class _Replayer:
             self.report.rejected_inputs += 1
             return
         p = self.pipeline
+        if self.controls:
+            self._apply_due(p.binner.next_index)
         p.add(msg)
         for r in p.ready(LoopPipeline.watermark(msg)):
             self._keep(r)
-            due = self.pending_events.pop(r.index + 1, None)
-            for ev in due or ():
-                self._apply_now(ev)
+            if self.controls:
+                self._apply_due(r.index + 1)
 
     def _keep(self, r: BinResult) -> None:
         dec = None if r.decoded is None else np.array(r.decoded, copy=True)
@@ -179,6 +198,7 @@ def verify(log_path: str | Path, progress: Progress | None = None) -> VerifyRepo
     total = path.stat().st_size
     report = VerifyReport()
     rp = _Replayer(report)
+    rp.controls = recorded_controls(path)
     reader = read_log(path, {RecordType.CONFIG, RecordType.MODEL, RecordType.INPUT,
                              RecordType.BIN, RecordType.EVENT})
     t0 = time.perf_counter()
@@ -189,6 +209,8 @@ def verify(log_path: str | Path, progress: Progress | None = None) -> VerifyRepo
         t = rec.type
         if t == RecordType.INPUT:
             report.inputs += 1
+            if rp.pipeline is None:
+                raise ValueError(f"{path}: input record before the config record")
             rp.feed(rec.value.frames)
         elif t == RecordType.BIN:
             rp.compare(rec.value)
@@ -196,13 +218,11 @@ def verify(log_path: str | Path, progress: Progress | None = None) -> VerifyRepo
             last_bin = rec.value.start_ns
         elif t == RecordType.EVENT:
             report.events += 1
-            rp.apply_event(rec.value)
         elif t == RecordType.MODEL:
-            report.models += 1
             if rp.pipeline is None:
                 raise ValueError(f"{path}: model record before the config record")
-            meta, state = rec.value
-            rp.pipeline.decoder = rebuild_decoder(meta, state)
+            if rec.value[0].get("bin") is None:  # no bin recorded: installed here
+                rp.install(*rec.value)
         elif t == RecordType.CONFIG:
             cfg = session_config(rec.value["config"])
             rp.pipeline = build_pipeline(cfg, None)

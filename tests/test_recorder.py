@@ -34,7 +34,7 @@ def _write_sample(path: Path, n_inputs: int = 50) -> None:
 
 
 def test_round_trip(tmp_path):
-    path = tmp_path / "s.slog"
+    path = tmp_path / "s.splog"
     _write_sample(path)
     reader = read_log(path)
     recs = list(reader)
@@ -59,12 +59,12 @@ def test_round_trip(tmp_path):
 
 
 def test_torn_tail_every_cut(tmp_path):
-    path = tmp_path / "s.slog"
+    path = tmp_path / "s.splog"
     _write_sample(path, n_inputs=3)
     data = path.read_bytes()
     full = list(read_log(path))
     offsets = [r.offset for r in full] + [len(data)]
-    cut_path = tmp_path / "cut.slog"
+    cut_path = tmp_path / "cut.splog"
     for cut in range(len(data)):
         cut_path.write_bytes(data[:cut])
         reader = read_log(cut_path)
@@ -76,7 +76,7 @@ def test_torn_tail_every_cut(tmp_path):
 
 
 def test_corrupt_byte_stops_there(tmp_path):
-    path = tmp_path / "s.slog"
+    path = tmp_path / "s.splog"
     _write_sample(path)
     data = bytearray(path.read_bytes())
     recs = list(read_log(path))
@@ -90,7 +90,7 @@ def test_corrupt_byte_stops_there(tmp_path):
 
 
 def test_full_buffer_writes_synchronously_never_drops(tmp_path):
-    path = tmp_path / "s.slog"
+    path = tmp_path / "s.splog"
     rec = Recorder(path, flush_interval_s=60, fsync=False, max_buffer_bytes=1000)
     for i in range(500):
         rec.input([b"t", b"%d" % i, b"y" * 100], recv_ns=i)
@@ -115,7 +115,7 @@ _CHILD = textwrap.dedent("""
 
 
 def test_sigkill_recovers_everything_up_to_last_flush(tmp_path):
-    path = tmp_path / "killed.slog"
+    path = tmp_path / "killed.splog"
     proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], cwd=REPO,
                             stdout=subprocess.PIPE, text=True)
     durable = 0
@@ -154,7 +154,7 @@ _FSIZE_CHILD = textwrap.dedent("""
 def test_write_failure_sets_error_and_keeps_what_was_written(tmp_path):
     import json
 
-    path = tmp_path / "full.slog"
+    path = tmp_path / "full.splog"
     out = subprocess.run([sys.executable, "-c", _FSIZE_CHILD, str(path)], cwd=REPO,
                          capture_output=True, text=True, timeout=60, check=True)
     res = json.loads(out.stdout)
@@ -167,7 +167,7 @@ def test_write_failure_sets_error_and_keeps_what_was_written(tmp_path):
 
 
 def test_refuses_to_overwrite(tmp_path):
-    path = tmp_path / "s.slog"
+    path = tmp_path / "s.splog"
     path.write_bytes(b"x")
     with pytest.raises(FileExistsError):
         Recorder(path)

@@ -33,7 +33,7 @@ def _config() -> SessionConfig:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory) -> tuple[Path, SimSessionResult]:
-    path = tmp_path_factory.mktemp("rec") / "live.slog"
+    path = tmp_path_factory.mktemp("rec") / "live.splog"
     res = run_sim_session(_config(), MotorCortexSim(units=48, seed=3), SECONDS, path,
                           frame_ms=5.0, events=EVENTS, flush_interval_s=0.05)
     return path, res
@@ -93,11 +93,11 @@ def test_changed_decoder_reports_first_divergence(session, tmp_path):
         state["y_mean"] = state["y_mean"] + 1e-9  # far below any plotting resolution
         return state
 
-    same = tmp_path / "same.slog"
+    same = tmp_path / "same.splog"
     _rewrite(path, same, lambda s: s)
     assert verify(same).identical
 
-    bad = tmp_path / "bad.slog"
+    bad = tmp_path / "bad.splog"
     _rewrite(path, bad, nudge)
     report = verify(bad)
     assert not report.identical
@@ -109,9 +109,18 @@ def test_changed_decoder_reports_first_divergence(session, tmp_path):
 
 def test_torn_recording_verifies_up_to_the_tear(session, tmp_path):
     path, res = session
-    torn = tmp_path / "torn.slog"
+    torn = tmp_path / "torn.splog"
     data = path.read_bytes()
     torn.write_bytes(data[: len(data) * 2 // 3 + 7])
     report = verify(torn)
     assert report.identical and not report.log_clean and report.discarded_bytes > 0
     assert 0 < report.bins_compared < res.bins
+
+
+def test_config_accepts_the_session_wrapper():
+    from service.verify import session_config
+
+    cfg = _config()
+    wrapped = {"session_id": "s1", "config": cfg.model_dump(), "software": {"numpy": "x"}}
+    assert session_config(wrapped) == cfg
+    assert session_config(cfg.model_dump(mode="json")) == cfg
