@@ -56,6 +56,9 @@ class KalmanDecoder(Decoder):
         self.Q = (R.T @ R) / len(R)
         self.Q[np.diag_indices_from(self.Q)] += 1e-6
         self.P0 = np.cov(Xc.T).reshape(self.n_outputs, self.n_outputs)
+        # Very short bins make the fitted process noise nearly singular; a floor far below
+        # the state variance keeps the information-form update invertible.
+        self.W[np.diag_indices_from(self.W)] += 1e-6 * np.mean(np.diag(self.P0)) + 1e-12
         self._prepare()
         return self
 
