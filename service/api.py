@@ -208,6 +208,12 @@ def create_app(settings: Settings) -> FastAPI:
     def session_metrics(sid: str) -> dict[str, Any]:
         return manager.control(sid, {"cmd": "metrics"})["metrics"]
 
+    @app.get("/sessions/{sid}/latency", tags=["sessions"])
+    def session_latency(sid: str) -> dict[str, Any]:
+        """Raw end-to-end samples (frame received -> stim sent, ns) of the last bins."""
+        _, extra = manager.control(sid, {"cmd": "latency"}, timeout_ms=5000, with_extra=True)
+        return {"e2e_ns": np.frombuffer(extra[0], np.int64).tolist()}
+
     @app.post("/sessions/{sid}/adapt", tags=["sessions"], dependencies=[require("control")])
     def set_adapt(sid: str, body: AdaptIn) -> dict[str, Any]:
         manager.control(sid, {"cmd": "adapt", "enabled": body.enabled})
