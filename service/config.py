@@ -37,7 +37,6 @@ class SourceConfig(BaseModel):
                                         description="Late events within this window are binned")
     timestamp_tolerance_ms: float = Field(50.0, ge=0, le=60_000,
                                           description="A frame older than this is rejected")
-    server_key: str | None = Field(None, description="CurveZMQ public key of the source (z85)")
 
     _endpoint = field_validator("endpoint")(_check_endpoint)
 

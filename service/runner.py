@@ -83,8 +83,6 @@ class SessionRunner:
         self.ingest = self.ctx.socket(zmq.SUB)
         self.ingest.setsockopt(zmq.RCVHWM, 1_000_000)
         self.ingest.setsockopt(zmq.LINGER, 0)
-        if config.source.server_key:
-            _curve_client(self.ingest, config.source.server_key)
         self.ingest.setsockopt(zmq.SUBSCRIBE, self._spikes_topic)
         self.ingest.setsockopt(zmq.SUBSCRIBE, self._behavior_topic)
         self.ingest.connect(config.source.endpoint)
@@ -465,12 +463,6 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
         return f"tcp://{host}:{port}"
     sock.bind(endpoint)
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-def _curve_client(sock: zmq.Socket, server_key: str) -> None:
-    pub, sec = zmq.curve_keypair()
-    sock.curve_publickey, sock.curve_secretkey = pub, sec
-    sock.curve_serverkey = server_key.encode()
 
 
 def _software_versions() -> dict[str, str]:

@@ -1,0 +1,53 @@
+"""docker-compose.yml, validated offline (no Docker engine here) against the Compose spec."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+from ruamel.yaml import YAML
+
+from clients.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compose_file_matches_the_compose_spec():
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    r = subprocess.run([exe, "--builtin-schema", "vendor.compose-spec",
+                        str(REPO / "docker-compose.yml")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def _services():
+    return YAML(typ="safe").load((REPO / "docker-compose.yml").read_text())["services"]
+
+
+def test_service_and_source_are_separate_services():
+    services = _services()
+    assert {"spikeloop", "sim"} <= set(services)
+    assert services["spikeloop"]["command"][1] == "serve"
+    assert services["sim"]["command"][1] == "sim"
+
+
+@pytest.mark.parametrize("name", ["spikeloop", "sim"])
+def test_compose_commands_exist_and_their_options_parse(name):
+    argv = _services()[name]["command"]
+    assert argv[0] == "spikeloop"
+    cli = typer.main.get_command(app)
+    sub = cli.get_command(None, argv[1])
+    assert sub is not None, f"spikeloop has no command {argv[1]!r}"
+    ctx = sub.make_context(argv[1], list(argv[2:]))  # raises on an unknown option
+    assert ctx.params
+
+
+def test_dockerfile_copies_every_package():
+    text = (REPO / "Dockerfile").read_text()
+    for pkg in ("service", "decoders", "stim", "sources", "clients"):
+        assert f"COPY {pkg} {pkg}" in text
+    assert '"torch==2.13.0"' in text
