@@ -25,6 +25,7 @@ from sources.readers import DATASET_FILES, Chunk, DatasetReader, NwbUnitsReader
 from .pipeline import BinResult, LoopPipeline
 from .protocol import KIND_BEHAVIOR, KIND_COUNTS, decode, encode_array, encode_events
 from .recorder import SUFFIX, RecordType, read_log
+from .verify import SPIKE_KINDS
 
 Frames = list[bytes | memoryview]
 Progress = Callable[[int, int], None]  # (source ns done, source ns total)
@@ -272,11 +273,12 @@ def run_in_process(rec: Recording, pipeline: LoopPipeline,
     for t_ns, frames in rec.frames():
         msg = decode(frames)
         pipeline.add(msg)
-        for r in pipeline.ready(LoopPipeline.watermark(msg)):
-            stats.bins += 1
-            if on_bin is not None:
-                on_bin(r)
         stats.frames += 1
+        if msg.header.kind in SPIKE_KINDS:  # as the session process: behaviour closes no bin
+            for r in pipeline.ready(LoopPipeline.watermark(msg)):
+                stats.bins += 1
+                if on_bin is not None:
+                    on_bin(r)
         tick(t_ns)
     stats.wall_seconds = time.perf_counter() - t0
     stats.source_seconds = rec.duration_s

@@ -23,6 +23,7 @@ from .config import SessionConfig
 from .pipeline import LoopPipeline, build_pipeline
 from .protocol import KIND_BEHAVIOR, decode, encode_array, encode_events
 from .recorder import Recorder
+from .verify import SPIKE_KINDS
 
 
 @dataclass
@@ -75,6 +76,8 @@ def run_sim_session(config: SessionConfig, sim: SimSource, seconds: float,
             rec.input(frames, time.time_ns())
         msg = decode(frames)
         pipeline.add(msg)
+        if msg.header.kind not in SPIKE_KINDS:
+            continue
         for r in pipeline.ready(LoopPipeline.watermark(msg)):
             if rec:
                 rec.bin(r.index, r.start_ns, r.decoded, r.outcome)

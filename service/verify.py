@@ -22,10 +22,12 @@ from decoders.base import Decoder
 
 from .config import SessionConfig
 from .pipeline import BinResult, LoopPipeline, build_pipeline
-from .protocol import ProtocolError, decode
+from .protocol import KIND_COUNTS, KIND_EVENTS, ProtocolError, decode
 from .recorder import BinRecord, RecordType, outcome_dict, pack, read_log
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+#: frames whose watermark completes bins; the session process calls ready() only for these
+SPIKE_KINDS = (KIND_EVENTS, KIND_COUNTS)
 
 
 def rebuild_decoder(meta: dict[str, Any], state: dict[str, np.ndarray]) -> Decoder:
@@ -149,6 +151,8 @@ class _Replayer:
         if self.controls:
             self._apply_due(p.binner.next_index)
         p.add(msg)
+        if msg.header.kind not in SPIKE_KINDS:
+            return  # behaviour is truth for the next bins; it completes none (as live)
         for r in p.ready(LoopPipeline.watermark(msg)):
             self._keep(r)
             if self.controls:
