@@ -384,8 +384,12 @@ class SessionRunner:
             self.stop_requested = True
             return {"ok": True}
         if cmd == "arm":
-            self.pipeline.control({"op": "arm"})
-            guard.arm()  # visible at once in status; takes effect from the next bin
+            # Immediate, like disarm, and recorded with the bin it precedes so a replay
+            # arms at the same point. (Queueing it instead would let a queued arm
+            # re-arm the guard after a later, immediate disarm.)
+            guard.arm()
+            if self.recorder is not None:
+                self.recorder.event({"op": "arm", "bin": self.pipeline.binner.next_index})
             return {"ok": True, "armed": True}
         if cmd == "disarm":
             binner = self.pipeline.binner

@@ -135,6 +135,11 @@ def test_stimulation_endpoints_need_the_stim_scope(server):
         assert c.session(sid)["live"]["armed"] is False
         assert c.arm(sid) == {"armed": True}
         assert c.disarm(sid) == {"armed": False}
+        # Arm then disarm between two bins must stay disarmed at the following bins.
+        b0 = c.session(sid)["live"]["bins"]
+        live = wait_for(lambda: (lambda x: x if x["bins"] > b0 + 20 else None)(
+            c.session(sid)["live"]), 20, "bins after disarm")
+        assert live["armed"] is False and live["stim"]["amplitude_ma"] == 0.0
         c.stop(sid)
 
 
