@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from . import neurons as nr
 from .base import Decoder
+from .recalibration import ReadoutRLS
 
 
 def _log_uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
@@ -138,6 +139,11 @@ class SNNKernel:
         self.ro, self.ro2, self.y = z(K), z(K), z(K)
         self.y_np = self.y.numpy()
         self.reset()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # copies (deepcopy, pickle) must re-bind the numpy views to their own tensors
+        self.__dict__.update(state)
+        self.x_np, self.y_np = self.x.numpy(), self.y.numpy()
 
     def reset(self) -> None:
         for t in (self.v, self.a, self.s):
@@ -285,6 +291,21 @@ class SNNDecoder(Decoder):
         self._prepare()
         return self
 
+    @classmethod
+    def untrained(cls, n_inputs: int, n_outputs: int, bin_ms: float = 1.0,
+                  **params: Any) -> SNNDecoder:
+        """A decoder with its initial random weights (latency benchmarks, tests)."""
+        dec = cls(**params)
+        dec.n_inputs, dec.n_outputs, dec.bin_ms = n_inputs, n_outputs, bin_ms
+        dec.output_names = [f"x{i}" for i in range(n_outputs)]
+        p = dec.params
+        net = SNNNet(n_inputs, n_outputs, hidden=p["hidden"], branches=p["branches"],
+                     recurrent=p["recurrent"], seed=p["seed"])
+        dec.kparams = export_kernel_params(net, np.zeros(n_inputs), np.ones(n_inputs),
+                                           np.zeros(n_outputs), np.ones(n_outputs))
+        dec._prepare()
+        return dec
+
     def _prepare(self) -> None:
         t = {k: torch.from_numpy(np.asarray(v)) for k, v in self.kparams.items()}
         self.kernel = SNNKernel(t, int(self.params["hidden"]), int(self.params["branches"]))
@@ -293,6 +314,19 @@ class SNNDecoder(Decoder):
     # --------------------------------------------------------------- online
     def reset(self) -> None:
         self.kernel.reset()
+        if self.adapter is not None:
+            self.adapter.reset()
+
+    def enable_adaptation(self, enabled: bool = True, **rls: Any) -> ReadoutRLS:
+        """Switch online recalibration (RLS on the readout) on or off.
+
+        The first call creates the adapter (``rls``: ``lam``, ``delta``); later
+        calls only toggle it, keeping what it has learned.
+        """
+        if self.adapter is None:
+            self.adapter = ReadoutRLS(self.kernel, **rls)
+        self.adapter.enabled = enabled
+        return self.adapter
 
     def step(self, counts: np.ndarray) -> np.ndarray:
         y = self.kernel.step_(counts)
@@ -329,6 +363,11 @@ class SNNDecoder(Decoder):
         return super().metadata() | {"params": p, "n_params": self.n_params()}
 
     def state_dict(self) -> dict[str, np.ndarray]:
+        if self.adapter is not None and self.adapter.n_updates:  # keep what was recalibrated
+            H = self.kernel.H
+            W = self.adapter.W
+            self.kparams |= {"w_s": W[:, :H].copy(), "w_v": W[:, H:2 * H].copy(),
+                             "b_out": W[:, -1].copy()}
         return {k: np.asarray(v) for k, v in self.kparams.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

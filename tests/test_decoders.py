@@ -58,3 +58,20 @@ def test_linear_baselines_decode_velocity(kind, sim_data):
     dec = _fit(kind, counts, truth)
     r2 = r2_per_output(truth[900:], dec.predict(counts[900:]))
     assert r2[2:].mean() > 0.5
+
+
+def test_snn_training_is_reproducible(sim_data):
+    counts, truth = sim_data
+    a, b = (_fit("snn", counts, truth).state_dict() for _ in range(2))
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_snn_step_reuses_its_buffers(sim_data):
+    counts, truth = sim_data
+    dec = _fit("snn", counts, truth)
+    k = dec.kernel
+    ptrs = [t.data_ptr() for t in (k.x, k.cur, k.v, k.a, k.s, k.y)]
+    for c in counts[:20]:
+        dec.step(c)
+    assert ptrs == [t.data_ptr() for t in (k.x, k.cur, k.v, k.a, k.s, k.y)]
