@@ -223,6 +223,70 @@ def _follow(endpoint: str, every: int, should_stop=lambda: False) -> None:
         sc.close()
 
 
+# ============================================================================ recordings
+@app.command()
+def replay(recording: str = typer.Argument(..., help="A .splog session log, an NWB file, "
+                                                     "or dataset:NAME"),
+           endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to bind"),
+           speed: float = typer.Option(1.0, min=0.001, help="x real time"),
+           fast: bool = typer.Option(False, help="As fast as possible (overrides --speed)"),
+           wait_s: float = typer.Option(60.0, help="Wait this long for a subscriber"),
+           quiet: bool = typer.Option(False, help="No progress bar")):
+    """Publish a recording on the wire protocol, like a live source.
+
+    Point a session's source.endpoint at ENDPOINT. Examples:
+      spikeloop replay var/recordings/abc.splog --speed 10
+      spikeloop replay ../shared/data/mc_maze_small/sub-Jenkins_ses-small_desc-test_ecephys.nwb
+    """
+    from service.replay import open_recording, publish, text_progress
+
+    rec = open_recording(recording)
+    typer.echo(f"replaying {rec.kind} {recording}: {rec.channels} channels, "
+               f"{rec.duration_s:.1f} s, on {endpoint}", err=True)
+    stats = publish(rec, endpoint, None if fast else speed,
+                    None if quiet else text_progress("replay"), wait_subscriber_s=wait_s)
+    typer.echo(json.dumps(stats.to_dict()), err=True)
+
+
+@app.command()
+def verify(recording: Path = typer.Argument(..., exists=True, help="A .splog session log"),
+           quiet: bool = typer.Option(False, help="No progress bar")):
+    """Re-run a recorded session offline and diff every decision against the recording.
+
+    Exits 1 and names the first divergent bin if anything differs.
+    Example: spikeloop verify var/recordings/abc-20261123T101500.splog
+    """
+    from service.replay import text_progress
+    from service.verify import verify as run_verify
+
+    report = run_verify(recording, None if quiet else text_progress("verify"))
+    _print(report.to_dict())
+    if not report.identical:
+        raise typer.Exit(1)
+
+
+@app.command("export-nwb")
+def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .splog log"),
+                   out: Path | None = typer.Argument(None, help="Output .nwb (default: beside)")):
+    """Export a session log to NWB (spikes, decoded, truth, stimulation, config)."""
+    from service.nwb_export import export_nwb
+    from service.replay import text_progress
+
+    path = export_nwb(recording, out or recording.with_suffix(".nwb"), text_progress("export"))
+    typer.echo(str(path))
+
+
+@app.command()
+def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """List recordings in the data directory."""
+    from service.storage import list_recordings
+
+    for r in list_recordings(data_dir / "recordings"):
+        dur = f"{r.duration_s:8.1f} s" if r.duration_s is not None else "       - "
+        typer.echo(f"{r.name:50s} {r.kind:4s} {r.size_bytes / 1e6:8.2f} MB {dur} "
+                   f"{'clean' if r.clean else 'open/torn'}")
+
+
 # ============================================================================ run
 @app.command()
 def run(units: int = typer.Option(96, help="Simulated units"),

@@ -18,7 +18,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from pydantic import BaseModel, Field
@@ -26,7 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from stim.limits import SafetyLimits
 
-from . import __version__
+from . import __version__, storage
 from . import protocol as P
 from .auth import ensure_admin_token, hash_token
 from .config import SessionConfig
@@ -59,6 +59,12 @@ class SessionOut(BaseModel):
 
 class AdaptIn(BaseModel):
     enabled: bool = True
+
+
+class ReplayIn(BaseModel):
+    speed: float | None = Field(1.0, gt=0, le=10_000,
+                                description="x real time; null = as fast as possible")
+    session: dict[str, Any] | None = Field(None, description="Session config overrides")
 
 
 class ArmOut(BaseModel):
@@ -247,6 +253,29 @@ def create_app(settings: Settings) -> FastAPI:
         cfg.stim.limits = limits
         manager.store.update_session(sid, config=json.dumps(cfg.model_dump()))
         return limits
+
+    # ------------------------------------------------------------------ recordings
+    @app.get("/recordings", tags=["recordings"])
+    def list_recordings() -> list[dict[str, Any]]:
+        """Session logs and NWB exports, newest first, with size, duration and session."""
+        return [r.to_dict() for r in storage.list_recordings(manager.recordings_dir)]
+
+    @app.get("/recordings/{name}", tags=["recordings"], response_class=FileResponse)
+    def download_recording(name: str):
+        path = _recording(name)
+        return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+
+    @app.post("/recordings/{name}/replay", response_model=SessionOut, status_code=201,
+              tags=["recordings"], dependencies=[require("control")])
+    def replay_recording(name: str, body: ReplayIn):
+        """Start a new session fed by this recording (its own config unless overridden)."""
+        return manager.replay(_recording(name), body.speed, body.session)
+
+    def _recording(name: str) -> Path:
+        try:
+            return storage.resolve_recording(manager.recordings_dir, name)
+        except (FileNotFoundError, ValueError) as exc:
+            raise HTTPException(404, f"{exc}; GET /recordings lists them") from None
 
     # ------------------------------------------------------------------ stream
     @app.websocket("/sessions/{sid}/stream")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -60,6 +62,8 @@ class SessionManager:
         self.start_timeout_s = start_timeout_s
         self.min_free_bytes = min_free_bytes
         self._procs: dict[str, subprocess.Popen] = {}
+        self._replays: dict[str, subprocess.Popen] = {}
+        self._exports: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ queries
     def _row(self, sid: str) -> dict[str, Any]:
@@ -182,7 +186,31 @@ class SessionManager:
         if not self._wait_exit(sid, row["pid"], timeout_s):
             self._kill(sid, row["pid"])
         self._mark_ended(sid)
+        replay = self._replays.pop(sid, None)
+        if replay is not None and replay.poll() is None:
+            replay.terminate()
+            replay.wait(5)
+        self._export_nwb(sid)
         return self.get(sid)
+
+    def _export_nwb(self, sid: str) -> None:
+        """Write the NWB file next to the session log, off the request thread."""
+        row = self._row(sid)
+        log = Path(row["recording"]) if row["recording"] else None
+        if log is None or not log.exists():
+            return
+
+        def work() -> None:
+            from .nwb_export import export_nwb
+
+            try:
+                export_nwb(log, log.with_suffix(".nwb"))
+            except Exception as exc:  # the log stays the primary record
+                print(f"[spikeloop] NWB export of {log} failed: {exc}", file=sys.stderr)
+
+        t = threading.Thread(target=work, name=f"nwb-{sid}", daemon=False)
+        t.start()
+        self._exports.append(t)
 
     def _wait_exit(self, sid: str, pid: int | None, timeout_s: float) -> bool:
         proc = self._procs.get(sid)
@@ -207,6 +235,49 @@ class SessionManager:
             if self._wait_exit(sid, pid, 3.0):
                 return
 
+    # ------------------------------------------------------------------ replay
+    def replay(self, recording: Path, speed: float | None,
+               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create and start a session fed by a recording published by its own process.
+
+        The session config is the recording's own (for a session log) or a default
+        one, with ``overrides`` merged in and the source pointed at the replay.
+        """
+        from .replay import open_recording
+        from .verify import session_config
+
+        rec = open_recording(recording)
+        base: dict[str, Any] = {}
+        if rec.kind == "log":
+            from .recorder import RecordType, read_log
+
+            for r in read_log(recording, {RecordType.CONFIG}):
+                base = session_config(r.value["config"]).model_dump()
+                break
+        cfg = _merge(base, overrides or {})
+        port = _free_port()
+        endpoint = f"tcp://127.0.0.1:{port}"
+        cfg.setdefault("source", {})
+        cfg["source"].update({"endpoint": endpoint, "channels": rec.channels})
+        cfg["source"].pop("stream", None)
+        cfg["name"] = cfg.get("name") or f"replay {recording.name}"[:100]
+        config = SessionConfig.model_validate(cfg)
+        session = self.create(config)
+        sid = session["id"]
+        log = open(self.run_dir / f"{sid}.replay.log", "ab")
+        cmd = [sys.executable, "-m", "clients.cli", "replay", str(recording), "--endpoint",
+               endpoint, "--quiet"]
+        cmd += ["--speed", str(speed)] if speed else ["--fast"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+        log.close()
+        self._replays[sid] = proc
+        try:
+            return self.start(sid) | {"replay_pid": proc.pid}
+        except Exception:
+            proc.kill()
+            raise
+
     def delete(self, sid: str) -> None:
         self.stop(sid)
         self.store.delete_session(sid)
@@ -230,3 +301,22 @@ class SessionManager:
         for row in self.store.list_sessions():
             if row["state"] in (*ACTIVE, "starting"):
                 self.stop(row["id"])
+        self.wait_exports()
+
+    def wait_exports(self, timeout_s: float = 120.0) -> None:
+        for t in self._exports:
+            t.join(timeout_s)
+        self._exports = [t for t in self._exports if t.is_alive()]
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
