@@ -117,7 +117,8 @@ def main() -> None:
     skipped: dict[str, str] = {}
     for name in args.datasets:
         snn = SNN_PARAMS[name][0 if args.quick else 1]
-        decs = {"kalman": ("kalman", {}), "wiener": ("wiener", {}), "snn": ("snn", snn)}
+        decs = {"kalman": ("kalman", {"lag": "auto"}), "wiener": ("wiener", {}),
+                "snn": ("snn", snn)}
         if not args.quick:  # dendritic variant: reported, kept only if it helps
             decs["snn_dendritic"] = ("snn", snn | {"branches": 3})
         try:

@@ -26,19 +26,23 @@ def _lstsq(X: np.ndarray, Y: np.ndarray, ridge: float) -> np.ndarray:
 class KalmanDecoder(Decoder):
     kind = "kalman"
 
-    def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int = 0):
+    def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int | str = 0):
         self.steady_state = steady_state
         self.ridge = ridge
-        self.lag = lag  # bins by which neural activity leads behaviour
+        # bins by which neural activity leads behaviour; "auto" picks 0..3 on held-out data
+        self.lag_choice = lag
+        self.lag = 0 if lag == "auto" else int(lag)
         self.output_names = []
 
     # --------------------------------------------------------------- fitting
     def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
             output_names: list[str] | None = None, **_: Any) -> KalmanDecoder:
+        if self.lag_choice == "auto":
+            self.lag = self._pick_lag(np.asarray(counts, float), np.asarray(targets, float))
         Y = np.asarray(counts, float)
         X = np.asarray(targets, float)
-        if self.lag:
-            Y, X = Y[self.lag:], X[: -self.lag]
+        if self.lag:  # behaviour at t is observed through the counts of bin t - lag
+            Y, X = Y[: -self.lag], X[self.lag:]
         if len(Y) != len(X) or len(X) < 3:
             raise ValueError(f"need >= 3 aligned bins, got counts {Y.shape} targets {X.shape}")
         self.n_inputs, self.n_outputs = Y.shape[1], X.shape[1]
@@ -61,6 +65,17 @@ class KalmanDecoder(Decoder):
         self.W[np.diag_indices_from(self.W)] += 1e-6 * np.mean(np.diag(self.P0)) + 1e-12
         self._prepare()
         return self
+
+    def _pick_lag(self, counts: np.ndarray, targets: np.ndarray) -> int:
+        """Lag (0..3 bins) with the best R² on the last 20 % of the fitting data."""
+        cut = int(0.8 * len(counts))
+        scores = []
+        for lag in range(4):
+            trial = KalmanDecoder(self.steady_state, self.ridge, lag)
+            pred = trial.fit(counts[:cut], targets[:cut]).predict(counts[cut:])
+            y = targets[cut:]
+            scores.append(np.mean(1 - ((y - pred) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)))
+        return int(np.argmax(scores))
 
     def _prepare(self) -> None:
         n = self.n_outputs
@@ -85,14 +100,21 @@ class KalmanDecoder(Decoder):
         self._out = np.zeros(n)
         self._tmp = np.zeros(n)
         self._yc = np.zeros(self.n_inputs)
+        self._delay = np.zeros((self.lag + 1, self.n_inputs))  # ring of the last lag+1 bins
         self.reset()
 
     # --------------------------------------------------------------- online
     def reset(self) -> None:
         self._x[:] = 0.0
         self._P = self.P0.copy()
+        self._delay[:] = self.y_mean  # before the first bin: mean activity
+        self._pos = 0
 
     def step(self, counts: np.ndarray) -> np.ndarray:
+        if self.lag:
+            self._delay[self._pos] = counts
+            self._pos = (self._pos + 1) % (self.lag + 1)
+            counts = self._delay[self._pos]  # the bin from ``lag`` steps ago
         np.subtract(counts, self.y_mean, out=self._yc)
         if self.K_ss is not None:
             np.dot(self._M, self._x, out=self._tmp)

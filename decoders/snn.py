@@ -92,11 +92,11 @@ class SNNNet(nn.Module):
         ys, ss = [], []
         for t in range(T):
             cur = cur_all[:, t]
-            if w_rec is not None:
-                cur = cur + st.s @ w_rec.T
             if d is not None:
                 d = nr.dendrite_step(cur.view(B, self.branches, H), d, alpha_d)
                 cur = d.sum(1)
+            if w_rec is not None:  # recurrent input lands on the soma
+                cur = cur + st.s @ w_rec.T
             st = nr.alif_step(cur, st, alpha, rho, beta)
             y = nr.leaky_readout(st.s @ self.w_s.T + st.v @ self.w_v.T + self.b_out, y, kappa)
             ys.append(y)
@@ -160,15 +160,15 @@ class SNNKernel:
             cur = self.cur
             torch.mv(self.w_in, self.x, out=cur)
             cur.add_(self.b_in)
-            if self.w_rec is not None:
-                torch.mv(self.w_rec, self.s, out=self.tmp)
-                cur.add_(self.tmp)
             if self.d is not None:
                 self.d.mul_(self.alpha_d)
                 torch.mul(self.oma_d, cur.view(self.D, self.H), out=self.dtmp)
                 self.d.add_(self.dtmp)
                 torch.sum(self.d, 0, out=self.soma)
                 cur = self.soma
+            if self.w_rec is not None:
+                torch.mv(self.w_rec, self.s, out=self.tmp)
+                cur.add_(self.tmp)
             # adaptive LIF (same op order as neurons.alif_step)
             torch.mul(self.beta, self.a, out=self.thr)
             self.thr.add_(1.0)
@@ -206,11 +206,11 @@ class SNNKernel:
             ss = torch.empty(len(X), H)
             for t in range(len(X)):
                 cur = torch.mv(self.w_in, X[t]) + self.b_in
-                if self.w_rec is not None:
-                    cur = cur + torch.mv(self.w_rec, st.s)
                 if d is not None:
                     d = nr.dendrite_step(cur.view(D, H), d, self.alpha_d)
                     cur = torch.sum(d, 0)
+                if self.w_rec is not None:
+                    cur = cur + torch.mv(self.w_rec, st.s)
                 st = nr.alif_step(cur, st, self.alpha, self.rho, self.beta)
                 ro = torch.mv(self.w_s, st.s) + torch.mv(self.w_v, st.v) + self.b_out
                 y = nr.leaky_readout(ro, y, self.kappa)

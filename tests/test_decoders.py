@@ -10,9 +10,12 @@ from decoders.metrics import r2_per_output
 from sources.motor import MotorCortexSim
 
 KINDS = {
-    "kalman": {},
-    "wiener": {"history": 4},
-    "snn": {"hidden": 32, "epochs": 3, "window": 32, "seed": 0},
+    "kalman": ("kalman", {}),
+    "kalman_lag": ("kalman", {"lag": 2}),
+    "kalman_full": ("kalman", {"steady_state": False, "lag": "auto"}),
+    "wiener": ("wiener", {"history": 4}),
+    "snn": ("snn", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
+    "snn_dendritic": ("snn", {"hidden": 16, "branches": 3, "epochs": 2, "window": 32}),
 }
 
 
@@ -23,7 +26,8 @@ def sim_data() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fit(kind: str, counts: np.ndarray, truth: np.ndarray) -> Decoder:
-    return build_decoder(kind, **KINDS[kind]).fit(
+    name, params = KINDS[kind]
+    return build_decoder(name, **params).fit(
         counts[:900], truth[:900], bin_ms=50.0, output_names=["x", "y", "vx", "vy"])
 
 
@@ -48,6 +52,7 @@ def test_save_load_roundtrip(kind, sim_data, tmp_path):
     path = dec.save(tmp_path / f"m_{kind}", extra_meta={"note": "x"})
     back = Decoder.load(path)
     assert type(back) is type(dec)
+    assert back.metadata() == dec.metadata()
     assert back.metadata()["output_names"] == ["x", "y", "vx", "vy"]
     np.testing.assert_allclose(back.predict(counts[900:]), dec.predict(counts[900:]), atol=1e-6)
 
