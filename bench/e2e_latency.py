@@ -250,6 +250,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "session_bins_total": metrics["counters"].get("bins", 0) - base,
             "session_missed_bins": metrics["counters"].get("missed_bins", 0),
             "api_load_rps": api_load, "api_load": load_report,
+            "stage_mean_us": {k: round(v["sum_us"] / max(v["count"], 1), 2)
+                              for k, v in metrics["stages"].items()},
             "events_per_bin_mean": float(channels * 12 * bin_ms / 1000),
         }
         res["ratio_internal_p50_to_floor"] = round(res["p50_us"] / res["floor_p50_us"], 2)
@@ -302,6 +304,7 @@ def print_table(res: dict) -> None:
     for name, k in rows:
         print(f"{name:40s} {res[k + 'p50_us']:9.1f} {res[k + 'p99_us']:9.1f} "
               f"{res[k + 'p999_us']:9.1f} {res[k + 'max_us']:9.1f}")
+    print("mean per stage (us): " + ", ".join(f"{k} {v}" for k, v in res["stage_mean_us"].items()))
     print(f"ratios to floor p50: internal {res['ratio_internal_p50_to_floor']}x, "
           f"client {res['ratio_client_p50_to_floor']}x")
 

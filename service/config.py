@@ -96,6 +96,8 @@ class SessionConfig(BaseModel):
     record: bool = Field(True, description="Write a recording of the session")
     gc_freeze: bool = Field(True, description="Freeze the GC after start-up (latency)")
     cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")
+    spin: bool = Field(False, description="Busy-poll the input instead of blocking: lowest "
+                                          "latency, costs a whole core")
 
     @property
     def bin_ns(self) -> int:

@@ -68,6 +68,7 @@ class SessionRunner:
         self._last_cmd_obj: Any = None
         self._last_cmd_dict: dict | None = None
         self._out_seq = 0
+        self._heartbeats = 0
         self._stim_bytes_topic = b"stim"
         self._spikes_topic = config.source.spikes_topic.encode()
         self._behavior_topic = config.source.behavior_topic.encode()
@@ -147,9 +148,10 @@ class SessionRunner:
         gc.collect()
         if self.cfg.gc_freeze:
             gc.freeze()  # start-up objects are never scanned again: shorter pauses
+            gc.disable()  # young garbage is collected at the heartbeat, between bins
         heartbeat_ns = int(self.cfg.output.heartbeat_ms * 1e6)
         next_heartbeat = now_ns()
-        poll_ms = max(1, int(self.cfg.output.heartbeat_ms / 2))
+        poll_ms = 0 if self.cfg.spin else max(1, int(self.cfg.output.heartbeat_ms / 2))
         ingest, control = self.ingest, self.control
         while not self.stop_requested:
             events = dict(self.poller.poll(poll_ms))
@@ -169,6 +171,10 @@ class SessionRunner:
                 next_heartbeat = t + heartbeat_ns
                 self._check_watchdog(t)
                 self._check_fit()
+                if self.cfg.gc_freeze:
+                    self._heartbeats += 1  # young gen each beat; older ones now and then
+                    gc.collect(2 if self._heartbeats % 600 == 0 else
+                               1 if self._heartbeats % 50 == 0 else 0)
                 if self.recorder is not None and self.recorder.error and self.state == "running":
                     self._fail_safe(f"recording failed: {self.recorder.error}")
         self._shutdown()
@@ -235,7 +241,8 @@ class SessionRunner:
                 self.error = r.error
                 m.counters["degraded_bins"] += 1
         out = r.outcome
-        self._publish_stim(out, r.index, in_seq)
+        od = self._outcome_dict(out)
+        self._publish_stim(od, out.t_ns, r.index, in_seq)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv)
@@ -249,29 +256,35 @@ class SessionRunner:
                 {"truth": truth.tolist() if truth is not None else None}), copy=False)
         m.stages["publish"].observe_ns(now_ns() - t_sent)
         if self.recorder is not None:
-            self.recorder.bin(r.index, r.start_ns, r.decoded, self._outcome_dict(out))
+            od["request"] = (command_to_dict(out.request) if out.request is not None
+                             else None)
+            self.recorder.bin(r.index, r.start_ns, r.decoded, od)
             for ev in r.controls:
                 self.recorder.event(ev | {"bin": r.index})
         if self.state == "calibrating" and r.truth is not None:
             self._collect_calibration(r)
 
     def _outcome_dict(self, out: Outcome) -> dict[str, Any]:
+        """What was decided, as published and recorded (``request`` added when recording)."""
         cmd = out.command
         if cmd is not self._last_cmd_obj:  # commands are immutable once sent: cache the dict
             self._last_cmd_obj = cmd
             self._last_cmd_dict = command_to_dict(cmd) if cmd is not None else None
-        return {"status": out.status, "command": self._last_cmd_dict,
-                "request": command_to_dict(out.request) if out.request is not None else None,
+        # Key order matters: recordings are compared bit for bit by `spikeloop verify`.
+        return {"status": out.status, "command": self._last_cmd_dict, "request": None,
                 "reasons": out.reasons}
 
-    def _publish_stim(self, out: Outcome, index: int, in_seq: int) -> None:
-        d = self._outcome_dict(out)
+    def _publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
         self._out_seq += 1
         self.output.send_multipart(P.encode_control(
-            b"stim", P.KIND_STIM, self.id, self._out_seq, out.t_ns,
-            {"status": d["status"], "cmd": d["command"], "reasons": d["reasons"],
+            b"stim", P.KIND_STIM, self.id, self._out_seq, t_ns,
+            {"status": od["status"], "cmd": od["command"], "reasons": od["reasons"],
              "bin": index, "in_seq": in_seq, "armed": self.pipeline.guard.armed}))
-        self.metrics.counters[f"stim_{out.status}"] += 1
+        self.metrics.counters[f"stim_{od['status']}"] += 1
+
+    def _publish_outcome(self, out: Outcome, index: int) -> None:
+        """Out-of-band decisions (disarm, watchdog, stop): published at once, not per bin."""
+        self._publish_stim(self._outcome_dict(out), out.t_ns, index, -1)
 
     def _heartbeat(self) -> None:
         self._out_seq += 1
@@ -304,7 +317,7 @@ class SessionRunner:
             out = self.pipeline.guard.disarm(t)
             out.reasons.append(reason)
             op = "disarm"
-        self._publish_stim(out, binner.next_index, -1)
+        self._publish_outcome(out, binner.next_index)
         if self.recorder is not None and not self.recorder.error:
             self.recorder.event({"op": op, "reason": reason, "bin": binner.next_index})
         print(f"[session {self.id}] safe state: {reason}", file=sys.stderr, flush=True)
@@ -395,7 +408,7 @@ class SessionRunner:
             binner = self.pipeline.binner
             t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
             out = guard.disarm(t)
-            self._publish_stim(out, binner.next_index, -1)
+            self._publish_outcome(out, binner.next_index)
             if self.recorder is not None:
                 self.recorder.event({"op": "disarm", "bin": binner.next_index})
             return {"ok": True, "armed": False}
@@ -445,7 +458,7 @@ class SessionRunner:
         t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
         out = guard.disarm(t)
         try:
-            self._publish_stim(out, binner.next_index, -1)
+            self._publish_outcome(out, binner.next_index)
         except zmq.ZMQError:
             pass
         if self.state not in ("failed",):

@@ -8,7 +8,7 @@ pulse shape, train), not single pulses: the stimulator hardware makes pulses.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 Modality = Literal["dbs", "opto"]
@@ -56,7 +56,10 @@ StimCommand = DBSCommand | OptoCommand
 
 
 def command_to_dict(cmd: StimCommand) -> dict[str, Any]:
-    return asdict(cmd)
+    """Plain dict of a command. A shallow copy (lists copied): ``asdict`` deep-copies
+    recursively and costs ~10x more, and this runs once per bin in the loop."""
+    return {f.name: (list(v) if isinstance(v := getattr(cmd, f.name), list) else v)
+            for f in fields(cmd)}
 
 
 def command_from_dict(d: dict[str, Any]) -> StimCommand:
