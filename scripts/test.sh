@@ -3,5 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser build).
+if [ ! -x /usr/bin/chromium ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[test] installing Debian's chromium for the browser tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    else
+        echo "[test] /usr/bin/chromium is missing and apt-get (as root) is not available:" \
+             "the browser tests will be skipped; install Debian's chromium to run them" >&2
+    fi
+fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

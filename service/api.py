@@ -317,4 +317,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             sub.close(0)
 
+    from .ui import mount_ui  # operator dashboard at /ui/ (static page + raster WebSocket)
+
+    mount_ui(app, manager)
     return app
