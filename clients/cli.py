@@ -179,6 +179,27 @@ def _print(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+# ============================================================================ tokens
+@app.command()
+def token(name: str = typer.Argument(..., help="Who or what the token is for"),
+          scopes: str = typer.Option("read", help="Comma-separated: read, control, stim"),
+          data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """Create an API token (printed once; only its hash is stored).
+
+    Example: spikeloop token dashboard --scopes read,control
+    """
+    from service.auth import new_token
+    from service.store import Store
+
+    store = Store(data_dir / "spikeloop.db")
+    try:
+        typer.echo(new_token(store, name, [s.strip() for s in scopes.split(",") if s.strip()]))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    finally:
+        store.close()
+
+
 # ============================================================================ stream
 @app.command()
 def stream(sid: str = typer.Argument(..., help="Session id"),

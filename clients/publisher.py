@@ -10,6 +10,7 @@ sequence numbers. Timestamps are the acquisition clock in nanoseconds.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,20 +39,22 @@ class SpikePublisher:
             self.endpoint = endpoint
         self.seq = 0
         self._behavior_seq = 0
+        # A new epoch per publisher instance lets sessions tell a restart from a replay.
+        self.epoch = int.from_bytes(os.urandom(4), "little") | 1
 
     def send_events(self, ids: np.ndarray, times_ns: np.ndarray, t_ns: int,
                     extra: dict | None = None) -> None:
         """Spikes whose times are all <= ``t_ns``, the clock at sending."""
         self.socket.send_multipart(P.encode_events(
             self.spikes_topic, self.stream, self.seq, t_ns, self.channels, ids, times_ns,
-            extra), copy=False)
+            extra, epoch=self.epoch), copy=False)
         self.seq += 1
 
     def send_counts(self, counts: np.ndarray, t_ns: int, bin_ns: int) -> None:
         """One bin of counts covering [t_ns, t_ns + bin_ns)."""
         self.socket.send_multipart(P.encode_array(
-            self.spikes_topic, P.KIND_COUNTS, self.stream, self.seq, t_ns, counts, bin_ns),
-            copy=False)
+            self.spikes_topic, P.KIND_COUNTS, self.stream, self.seq, t_ns, counts, bin_ns,
+            epoch=self.epoch), copy=False)
         self.seq += 1
 
     def send_behavior(self, values: Sequence[float] | np.ndarray, t_ns: int,

@@ -9,12 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import zmq
-
-from service import protocol as P
 from sources.base import SimSource
 
 from .publisher import SpikePublisher
+from .stimulator import StimulatorLink
 
 
 def run_source(source: SimSource, publisher: SpikePublisher, step_ms: float = 1.0,
@@ -24,12 +22,9 @@ def run_source(source: SimSource, publisher: SpikePublisher, step_ms: float = 1.
                on_step: Callable[[int], None] | None = None) -> int:
     """Run until ``duration_s`` of source time, or ``should_stop()``; returns steps sent."""
     step_ns = int(step_ms * 1e6)
-    stim_sub = None
+    link = None
     if stim_endpoint:
-        stim_sub = zmq.Context.instance().socket(zmq.SUB)
-        stim_sub.setsockopt(zmq.SUBSCRIBE, b"stim")
-        stim_sub.setsockopt(zmq.LINGER, 0)
-        stim_sub.connect(stim_endpoint)
+        link = StimulatorLink(stim_endpoint, on_command=source.apply_stim)
     names = list(source.truth_names)
     t_start = time.perf_counter()
     steps = 0
@@ -37,8 +32,8 @@ def run_source(source: SimSource, publisher: SpikePublisher, step_ms: float = 1.
         while not should_stop():
             if duration_s is not None and source.t_ns >= duration_s * 1e9:
                 break
-            if stim_sub is not None:
-                _apply_stim(stim_sub, source)
+            if link is not None:
+                link.poll()
             t_from = source.t_ns
             step = source.advance(step_ns)
             if realtime:
@@ -58,21 +53,7 @@ def run_source(source: SimSource, publisher: SpikePublisher, step_ms: float = 1.
             if on_step is not None:
                 on_step(steps)
     finally:
-        if stim_sub is not None:
-            stim_sub.close(0)
+        if link is not None:
+            link.close()
     return steps
 
-
-def _apply_stim(sub: zmq.Socket, source: SimSource) -> None:
-    while True:
-        try:
-            frames = sub.recv_multipart(zmq.NOBLOCK)
-        except zmq.Again:
-            return
-        try:
-            msg = P.decode(frames)
-        except P.ProtocolError:
-            continue
-        cmd = msg.header.extra.get("cmd")
-        if cmd is not None:
-            source.apply_stim(cmd)

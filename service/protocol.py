@@ -78,6 +78,7 @@ class Header:
     bin_ns: int = 0
     n: int = 0
     version: int = VERSION
+    epoch: int = 0  # changes when the publisher restarts (0: not sent)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> dict[str, Any]:
@@ -92,6 +93,8 @@ class Header:
             "bin_ns": self.bin_ns,
             "n": self.n,
         }
+        if self.epoch:
+            d["ep"] = self.epoch
         if self.extra:
             d["x"] = self.extra
         return d
@@ -124,6 +127,7 @@ def encode_events(
     ids: np.ndarray,
     times: np.ndarray,
     extra: dict[str, Any] | None = None,
+    epoch: int = 0,
 ) -> list[bytes | memoryview]:
     """Spike events: ids (uint16/uint32) and times (int64 ns, all <= ``t_ns``).
 
@@ -135,7 +139,7 @@ def encode_events(
     if ids.shape != times.shape:
         raise ValueError(f"ids and times differ in length ({ids.size} vs {times.size})")
     h = Header(KIND_EVENTS, stream, seq, t_ns, channels, ids.dtype.str, n=int(ids.size),
-               extra=extra or {})
+               epoch=epoch, extra=extra or {})
     return [topic, _pack(h), ids.data, times.data]
 
 
@@ -148,6 +152,7 @@ def encode_array(
     values: np.ndarray,
     bin_ns: int = 0,
     extra: dict[str, Any] | None = None,
+    epoch: int = 0,
 ) -> list[bytes | memoryview]:
     """One array payload: spike counts for one bin, a decoded vector, behaviour."""
     values = np.ascontiguousarray(values)
@@ -155,7 +160,7 @@ def encode_array(
         values = values.astype(values.dtype.newbyteorder("<"))
     dtype = values.dtype.str.replace("|", "<")  # one-byte types: numpy says '|u1'
     h = Header(kind, stream, seq, t_ns, int(values.size), dtype, bin_ns=bin_ns,
-               n=int(values.size), extra=extra or {})
+               n=int(values.size), epoch=epoch, extra=extra or {})
     return [topic, _pack(h), values.data]
 
 
@@ -198,6 +203,7 @@ def _header(raw: memoryview) -> Header:
             dtype=str(d.get("dtype", "")),
             bin_ns=_int(d, "bin_ns", 0),
             n=_int(d, "n", 0),
+            epoch=_int(d, "ep", 0),
             extra=d.get("x") or {},
         )
     except (TypeError, ValueError) as exc:
@@ -283,14 +289,26 @@ class SequenceTracker:
     older than the newest one seen is rejected as going backwards.
     """
 
-    __slots__ = ("tolerance_ns", "last_seq", "last_t_ns", "gaps", "missing")
+    __slots__ = ("tolerance_ns", "last_seq", "last_t_ns", "gaps", "missing", "epoch")
 
     def __init__(self, tolerance_ns: int = 50_000_000):
         self.tolerance_ns = tolerance_ns
         self.last_seq: int | None = None
         self.last_t_ns: int | None = None
+        self.epoch = 0
         self.gaps = 0  # number of gap events
         self.missing = 0  # number of sequence numbers never seen
+
+    def is_restart(self, h: Header) -> bool:
+        """A new publisher instance: another epoch, or (without epochs) seq back to 0.
+
+        Its first frames may be lost to ZeroMQ's slow joiner, so the epoch is the
+        reliable sign; seq 0 is the fallback for publishers that send no epoch.
+        """
+        if self.last_seq is None:
+            self.epoch = h.epoch
+            return False
+        return h.epoch != self.epoch or (h.seq == 0 and not h.epoch)
 
     def check(self, h: Header) -> int:
         """Raise ProtocolError for a duplicate/backwards frame; return messages missed."""
@@ -313,7 +331,8 @@ class SequenceTracker:
             self.last_t_ns = h.t_ns
         return missed
 
-    def reset(self) -> None:
+    def reset(self, epoch: int = 0) -> None:
         self.last_seq = None
         self.last_t_ns = None
+        self.epoch = epoch
 

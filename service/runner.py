@@ -51,6 +51,7 @@ class SessionRunner:
         self.recordings_dir = recordings_dir
         self.state = "created"
         self.error = ""
+        self.degraded = False  # the decoder or policy failed at least once: stim went safe
         self.metrics = SessionMetrics()
         self.tracker = P.SequenceTracker(int(config.source.timestamp_tolerance_ms * 1e6))
         self.pipeline: LoopPipeline = build_pipeline(config, None)
@@ -192,9 +193,13 @@ class SessionRunner:
                         "channel_mismatch",
                         f"frame has {h.channels} channels, session expects "
                         f"{self.cfg.source.channels}")
-                if h.seq == 0 and self.tracker.last_seq is not None:
-                    self.tracker.reset()  # the source restarted: a new stream
+                if self.tracker.is_restart(h):
+                    # The source restarted: a new stream with its own clock. Re-anchor
+                    # the bin grid on it, and count the outage as a gap.
+                    self.tracker.reset(h.epoch)
+                    self.pipeline.binner.resync()
                     m.counters["source_restarts"] += 1
+                    m.counters["gaps"] += 1
                 missed = self.tracker.check(h)
                 if missed:
                     m.counters["gaps"] += 1
@@ -238,7 +243,8 @@ class SessionRunner:
         if r.error:
             m.counters["decoder_errors"] += 1
             if self.state == "running":
-                self.error = r.error
+                self.error = r.error  # kept until an operator restarts the session
+                self.degraded = True
                 m.counters["degraded_bins"] += 1
         out = r.outcome
         od = self._outcome_dict(out)
@@ -431,6 +437,7 @@ class SessionRunner:
             "id": self.id,
             "state": self.state,
             "error": self.error,
+            "degraded": self.degraded,
             "pid": os.getpid(),
             "output_endpoint": self.output_endpoint,
             "armed": guard.armed,
@@ -442,6 +449,7 @@ class SessionRunner:
             "rejected": dict(self.metrics.rejected),
             "counters": dict(c),
             "late_events": self.pipeline.binner.late_events,
+            "clock_jumps": self.pipeline.binner.clock_jumps,
             "calibration": {
                 "bins": len(self._cal_counts),
                 "needed": int(self.cfg.decoder.calibration_s * 1000 / self.cfg.bin_ms),
@@ -522,6 +530,9 @@ def main(argv: list[str] | None = None) -> int:
 
         signal.signal(signal.SIGTERM, _term)
         signal.signal(signal.SIGINT, _term)
+        # A file-size limit must surface as a write error (the recorder then drives the
+        # stimulator safe), not kill the process with SIGXFSZ.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         runner.start()
         runner.run()
         return 0 if runner.state == "stopped" else 1

@@ -120,15 +120,16 @@ class SimThread:
     on the same socket after a given step.
     """
 
-    def __init__(self, units: int = 96, seed: int = 0, inject=None):
+    def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
         self.sim = MotorCortexSim(units=units, seed=seed)
         self.pub = SpikePublisher(self.endpoint, units)
         self.inject = inject
+        self.steps = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -140,8 +141,8 @@ class SimThread:
     def _run(self) -> None:
         from clients.simrunner import run_source
 
-        run_source(self.sim, self.pub, 1.0, realtime=True, should_stop=self._stop.is_set,
-                   on_step=self._on_step)
+        self.steps = run_source(self.sim, self.pub, 1.0, realtime=True,
+                                should_stop=self._stop.is_set, on_step=self._on_step)
 
     def __enter__(self) -> SimThread:
         self.thread.start()

@@ -177,3 +177,23 @@ def test_fuzz_headers_only_raise_protocol_errors(header, payload):
         P.decode([b"t", msgpack.packb(header), *payload])
     except P.ProtocolError as exc:
         assert exc.reason in P.REJECT_REASONS
+
+
+def test_restart_is_recognised_by_epoch_even_without_seq_zero():
+    tr = P.SequenceTracker()
+    first = P.Header(P.KIND_EVENTS, "s", 0, 0, epoch=7)
+    assert not tr.is_restart(first)
+    tr.check(first)
+    tr.check(P.Header(P.KIND_EVENTS, "s", 500, 10, epoch=7))
+    assert not tr.is_restart(P.Header(P.KIND_EVENTS, "s", 501, 11, epoch=7))
+    assert tr.is_restart(P.Header(P.KIND_EVENTS, "s", 40, 0, epoch=9))  # seq 0..39 lost
+
+
+def test_without_epochs_seq_zero_means_restart_and_old_seq_is_a_duplicate():
+    tr = P.SequenceTracker()
+    tr.check(P.Header(P.KIND_EVENTS, "s", 0, 0))
+    tr.check(P.Header(P.KIND_EVENTS, "s", 5, 10))
+    assert tr.is_restart(P.Header(P.KIND_EVENTS, "s", 0, 0))
+    assert not tr.is_restart(P.Header(P.KIND_EVENTS, "s", 3, 5))
+    with pytest.raises(P.ProtocolError):
+        tr.check(P.Header(P.KIND_EVENTS, "s", 3, 5))

@@ -1,0 +1,201 @@
+"""Fault injection: each fault, the behaviour we promise, asserted against real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+
+import numpy as np
+import zmq
+
+from clients.publisher import SpikePublisher
+from clients.stimulator import StimulatorLink
+from service import protocol as P
+from service.config import SessionConfig
+from service.control import call
+from service.recorder import RecordType, read_log
+from tests.conftest import PY, REPO, SimThread, free_port, processes_mentioning, wait_for
+
+
+def _cfg(endpoint: str, **over) -> dict:
+    cfg = {"name": "fault", "bin_ms": 10.0, "source": {"endpoint": endpoint, "channels": 96},
+           "decoder": {"type": "kalman", "calibration_s": 1.0},
+           "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs",
+                                                  "gain_ma_per_cm_s": 0.2},
+                    "limits": {"watchdog_ms": 100}}}
+    cfg.update(over)
+    return cfg
+
+
+def _live(c, sid):
+    return c.session(sid)["live"]
+
+
+def _running(c, sid, min_bins=50):
+    return wait_for(lambda: (lambda x: x if x and x["state"] == "running"
+                             and x["bins"] >= min_bins else None)(_live(c, sid)), 60, "running")
+
+
+def test_fault_source_dies_and_returns(server):
+    """Outage: watchdog drives stim safe; the source comes back: decoding resumes, gap counted."""
+    c = server.client()
+    port = free_port()
+    sim = SimThread(units=96, seed=11, port=port).__enter__()
+    s = c.start(c.create_session(_cfg(sim.endpoint))["id"])
+    sid = s["id"]
+    _running(c, sid)
+    commands: list[dict] = []
+    link = StimulatorLink(s["output_endpoint"], deadline_ms=1000, on_command=commands.append)
+    c.arm(sid)
+    wait_for(lambda: (link.poll(50), link.current and link.current["amplitude_ma"] > 0)[1],
+             30, "stimulation while armed")
+    sim.__exit__()  # the source dies
+    live = wait_for(lambda: (lambda x: x if x["counters"].get("watchdog_trips", 0) >= 1
+                             else None)(_live(c, sid)), 30, "the watchdog")
+    assert live["stim"]["amplitude_ma"] == 0.0, live["stim"]
+    wait_for(lambda: (link.poll(50), link.current and link.current["amplitude_ma"] == 0.0)[1],
+             10, "the stimulator to receive the safe state")
+    assert not link.lost, "heartbeats keep flowing while only the source is gone"
+    bins_out = live["bins"]
+    with SimThread(units=96, seed=12, port=port):  # the source returns, clock restarted
+        live = wait_for(lambda: (lambda x: x if x["bins"] > bins_out + 100 else None)(
+            _live(c, sid)), 30, "decoding to resume")
+    assert live["counters"]["source_restarts"] >= 1 and live["gaps"] >= 1
+    assert live["state"] == "running"
+    link.close()
+    c.stop(sid)
+
+
+def test_fault_service_killed_stimulator_fails_safe_and_recording_survives(server):
+    c = server.client()
+    with SimThread(units=96, seed=13) as sim:
+        s = c.start(c.create_session(_cfg(sim.endpoint))["id"])
+        sid = s["id"]
+        _running(c, sid, min_bins=100)
+        safe: list[str] = []
+        link = StimulatorLink(s["output_endpoint"], deadline_ms=300, on_safe=safe.append)
+        wait_for(lambda: (link.poll(50), link.last_heard_ns is not None)[1], 10, "link")
+        time.sleep(0.5)  # > one flush interval of the recorder
+        os.kill(s["pid"], signal.SIGKILL)
+        wait_for(lambda: (link.poll(20), link.lost)[1], 10, "the stimulator to fail safe")
+        link.close()
+    assert safe and "no heartbeat" in safe[0]
+    row = c.session(sid)
+    assert row["state"] == "failed" and "unexpectedly" in row["error"]
+    bins = [r for r in read_log(row["recording"], {RecordType.BIN})]
+    assert len(bins) >= 100
+    first = bins[0].value.index
+    assert [b.value.index for b in bins] == list(range(first, first + len(bins)))
+
+
+def test_fault_disk_full_while_recording_stops_stimulation_and_keeps_the_log(tmp_path):
+    """RLIMIT_FSIZE stands in for a full disk: the write fails with EFBIG, like ENOSPC."""
+    with SimThread(units=96, seed=14) as sim:
+        cfg = SessionConfig.model_validate(_cfg(sim.endpoint))
+        (tmp_path / "cfg.json").write_text(cfg.model_dump_json())
+        (tmp_path / "rec").mkdir()
+        control = f"ipc://{tmp_path}/ctl"
+        limit = 400_000
+
+        def small_disk():
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        proc = subprocess.Popen(
+            [PY, "-m", "service.runner", "--id", "diskfull", "--config",
+             str(tmp_path / "cfg.json"), "--control", control, "--run-dir", str(tmp_path),
+             "--recordings-dir", str(tmp_path / "rec")], cwd=REPO, preexec_fn=small_disk)
+        try:
+            wait_for(lambda: _try_status(control), 30, "the session to answer")
+            call(control, {"cmd": "arm"})
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    status = json.loads((tmp_path / "diskfull.status.json").read_text())
+    assert status["state"] == "failed" and "recording failed" in status["error"]
+    assert status["armed"] is False and status["stim"]["amplitude_ma"] == 0.0
+    (log,) = (tmp_path / "rec").glob("*.splog")
+    assert log.stat().st_size <= limit
+    records = list(read_log(log))
+    assert sum(r.type == RecordType.BIN for r in records) > 10
+
+
+def _try_status(control):
+    try:
+        return call(control, {"cmd": "status"}, timeout_ms=200)
+    except Exception:
+        return None
+
+
+def test_fault_stalled_stream_consumer_loses_no_input(server):
+    """A subscriber that never reads must not slow the loop or make it drop input."""
+    c = server.client()
+    with SimThread(units=96, seed=15) as sim:
+        s = c.start(c.create_session(_cfg(sim.endpoint))["id"])
+        sid = s["id"]
+        stalled = zmq.Context.instance().socket(zmq.SUB)
+        stalled.setsockopt(zmq.RCVHWM, 1)
+        stalled.setsockopt(zmq.SUBSCRIBE, b"")
+        stalled.connect(s["output_endpoint"])
+        _running(c, sid, min_bins=300)
+    # The source has stopped. From the first frame the session saw, none may be missing.
+    live = _live(c, sid)
+    assert live["gaps"] == 0 and live["counters"].get("missing_frames", 0) == 0, live
+    assert not live["rejected"] and live["counters"].get("decoder_errors", 0) == 0
+    stalled.close(0)
+    c.stop(sid)
+
+
+def test_fault_source_clock_jump_is_resynced_not_flooded(server):
+    c = server.client()
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = SpikePublisher(ep, 96)
+    s = c.start(c.create_session(_cfg(ep, decoder={"type": "kalman",
+                                                   "calibration_s": 0.5}))["id"])
+    sid = s["id"]
+    rng = np.random.default_rng(0)
+    t = 0
+    try:
+        def send(n, t):
+            for _ in range(n):
+                t += 10_000_000
+                pub.send_behavior(rng.normal(size=4), t, ["x", "y", "vx", "vy"])
+                ids = rng.integers(0, 96, 20)
+                pub.send_events(ids, np.sort(rng.integers(t - 10_000_000, t, 20)), t)
+                time.sleep(0.002)
+            return t
+
+        t = send(300, t)
+        b0 = wait_for(lambda: (lambda x: x if x["bins"] >= 250 else None)(_live(c, sid)),
+                      30, "bins before the jump")["bins"]
+        t = send(100, t + 3600 * 10**9)  # the source clock leaps an hour ahead
+        live = wait_for(lambda: (lambda x: x if x["bins"] >= b0 + 90 else None)(_live(c, sid)),
+                        30, "bins after the jump")
+        assert live["clock_jumps"] == 1
+        assert live["bins"] < b0 + 200, "an hour of empty bins must not be emitted"
+    finally:
+        pub.close()
+        c.stop(sid)
+    assert not processes_mentioning(sid)
+
+
+def test_fault_malformed_stim_command_never_reaches_the_stimulator():
+    """The stimulator side rejects corrupt frames instead of applying them."""
+    ctx = zmq.Context.instance()
+    pub = ctx.socket(zmq.PUB)
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    applied: list = []
+    link = StimulatorLink(f"tcp://127.0.0.1:{port}", on_command=applied.append)
+    good = P.encode_control(b"stim", P.KIND_STIM, "s", 1, 0,
+                            {"status": "sent", "cmd": {"amplitude_ma": 1.0}})
+    wait_for(lambda: (pub.send_multipart(good), link.poll(20), applied)[2], 10, "link up")
+    pub.send_multipart([b"stim", b"\xc1garbage"])
+    pub.send_multipart([b"stim", good[1][:-3]])
+    wait_for(lambda: (link.poll(20), link.rejected >= 2)[1], 10, "the rejections")
+    assert len(applied) == 1
+    link.close()
+    pub.close(0)
