@@ -35,7 +35,7 @@ class SafetyLimits(BaseModel):
                                  description="log10(D) + log10(Q) must not exceed this")
 
     # ---- DBS: amplitude ramps
-    max_slew_ma_per_s: float = Field(5.0, gt=0, le=1000)
+    max_slew_ma_per_s: float = Field(10.0, gt=0, le=1000)
     min_ramp_ms: float = Field(250.0, ge=0, le=60_000,
                                description="A 0 -> max_amplitude ramp takes at least this long")
     ramp_step_ms: float = Field(20.0, gt=0, le=1000,

@@ -63,3 +63,7 @@ def build_policy(spec: dict[str, Any]) -> Policy:
     if cls is None:
         raise ValueError(f"unknown policy {kind!r}; known: {sorted(Policy._registry)}")
     return cls(**spec)
+
+
+# The concrete policies register themselves on import; keep them importable from here.
+from . import dbs_policies, opto_policies  # noqa: E402,F401

@@ -351,7 +351,7 @@ def test_shannon_and_density_caps_for_3389_contact():
 
 
 def test_ramp_up_respects_slew_and_reaches_target():
-    lim = SafetyLimits()  # effective slew 5 mA/s
+    lim = SafetyLimits()  # effective slew 10 mA/s
     g = SafetyGuard(lim, "dbs")
     g.arm()
     g.process(None, 0)
@@ -360,7 +360,7 @@ def test_ramp_up_respects_slew_and_reaches_target():
         out = g.process(DBSCommand(amplitude_ma=3.0) if k == 1 else None, k * MS)
         amps.append(g.current.amplitude_ma)
         assert out.status in ("clamped", "sent", "hold")
-    assert amps[99] == pytest.approx(0.5)  # 100 ms at 5 mA/s
+    assert amps[99] == pytest.approx(1.0)  # 100 ms at 10 mA/s
     assert amps[-1] == pytest.approx(3.0)
     assert g.process(None, 1001 * MS).status == "hold"
 
