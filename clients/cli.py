@@ -83,7 +83,10 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
         seconds: float | None = typer.Option(None, help="Stop after this much source time"),
         counts: bool = typer.Option(False, help="Publish binned counts instead of events"),
         stim_endpoint: str | None = typer.Option(None, help="Session output to take stim from"),
-        baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0)):
+        baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0),
+        curve_secret: Path | None = typer.Option(None, help="CurveZMQ secret key: encrypt"),
+        curve_allow: Path | None = typer.Option(None, help="Directory of session public keys "
+                                                           "allowed to subscribe")):
     """Publish a simulated neural source on the wire protocol.
 
     Example: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
@@ -92,7 +95,9 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
     from .simrunner import run_source
 
     src = _make_source(source, units, seed, baseline_hz, modulation_hz)
-    pub = SpikePublisher(endpoint, src.channels, stream=f"sim-{source}")
+    pub = SpikePublisher(endpoint, src.channels, stream=f"sim-{source}",
+                         curve_secret_file=str(curve_secret) if curve_secret else None,
+                         curve_allowed_dir=str(curve_allow) if curve_allow else None)
     typer.echo(f"{source} source: {src.channels} units on {pub.endpoint}", err=True)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
@@ -198,6 +203,20 @@ def token(name: str = typer.Argument(..., help="Who or what the token is for"),
         raise typer.BadParameter(str(exc)) from None
     finally:
         store.close()
+
+
+@app.command()
+def keys(name: str = typer.Argument(..., help="Certificate name, e.g. rig1 or stimulator"),
+         directory: Path = typer.Option(DEFAULT_DATA / "keys", "--dir",
+                                        help="Where to write NAME.key and NAME.key_secret")):
+    """Make a CurveZMQ certificate (public NAME.key, secret NAME.key_secret).
+
+    Example: spikeloop keys rig1 && spikeloop sim --curve-secret var/keys/rig1.key_secret
+    """
+    from service.curve import ensure_cert, public_key
+
+    pub, sec = ensure_cert(directory, name)
+    typer.echo(f"public key {public_key(pub)}\n  {pub}\n  {sec} (keep secret)")
 
 
 # ============================================================================ stream

@@ -17,13 +17,15 @@ import numpy as np
 import zmq
 
 from service import protocol as P
+from service.curve import serve_curve
 
 
 class SpikePublisher:
     def __init__(self, endpoint: str, channels: int, stream: str = "sim",
                  spikes_topic: bytes = b"spikes", behavior_topic: bytes = b"behavior",
                  high_water_mark: int = 100_000, bind: bool = True,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, curve_secret_file: str | None = None,
+                 curve_allowed_dir: str | None = None):
         self.channels = channels
         self.stream = stream
         self.spikes_topic = spikes_topic
@@ -31,6 +33,9 @@ class SpikePublisher:
         self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 500)
+        self._auth = None
+        if curve_secret_file:  # encrypted; with a directory, only those sessions may listen
+            self._auth = serve_curve(self.socket, curve_secret_file, curve_allowed_dir)
         if bind:
             self.socket.bind(endpoint)
             self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -68,3 +73,5 @@ class SpikePublisher:
 
     def close(self) -> None:
         self.socket.close()
+        if self._auth is not None:
+            self._auth.stop()

@@ -16,17 +16,21 @@ from typing import Any
 import zmq
 
 from service import protocol as P
+from service.curve import connect_curve
 
 
 class StimulatorLink:
     def __init__(self, endpoint: str, deadline_ms: float = 300.0,
                  on_command: Callable[[dict[str, Any]], None] | None = None,
-                 on_safe: Callable[[str], None] | None = None):
+                 on_safe: Callable[[str], None] | None = None,
+                 server_public_key: str | None = None, secret_file: str | None = None):
         self.deadline_ns = int(deadline_ms * 1e6)
         self.on_command = on_command or (lambda cmd: None)
         self.on_safe = on_safe or (lambda reason: None)
         self.socket = zmq.Context.instance().socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if server_public_key:  # a session whose output is CURVE-encrypted
+            connect_curve(self.socket, server_public_key, secret_file)
         for t in (b"stim", b"heartbeat"):
             self.socket.setsockopt(zmq.SUBSCRIBE, t)
         self.socket.connect(endpoint)

@@ -14,6 +14,7 @@ import numpy as np
 import zmq
 
 from service import protocol as P
+from service.curve import connect_curve
 
 
 @dataclass
@@ -28,9 +29,12 @@ class Update:
 
 class StreamClient:
     def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"decoded", b"stim",
-                                                                    b"heartbeat")):
+                                                                    b"heartbeat"),
+                 server_public_key: str | None = None, secret_file: str | None = None):
         self.socket = zmq.Context.instance().socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if server_public_key:  # a session whose output is CURVE-encrypted
+            connect_curve(self.socket, server_public_key, secret_file)
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
         for t in topics:
             self.socket.setsockopt(zmq.SUBSCRIBE, t)

@@ -180,6 +180,15 @@ def create_app(settings: Settings) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/keys/public", tags=["ops"])
+    def service_public_key() -> dict[str, str]:
+        """The CurveZMQ public key sessions use: allow it at a secured source, and give it to
+        stimulators that connect to a secured output."""
+        from .curve import ensure_cert, public_key
+
+        _, secret = ensure_cert(manager.keys_dir, "session")
+        return {"public_key": public_key(secret)}
+
     # ------------------------------------------------------------------ sessions
     @app.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
     def list_sessions():

@@ -73,6 +73,20 @@ class OutputConfig(BaseModel):
     _endpoint = field_validator("endpoint")(_check_endpoint)
 
 
+class SecurityConfig(BaseModel):
+    """CurveZMQ on the session's links (see docs/reliability.md, security model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_public_key: str | None = Field(
+        None, min_length=40, max_length=40,
+        description="z85 public key of the source: encrypt and authenticate the ingest link")
+    output_curve: bool = Field(False, description="Encrypt the output (stim/decoded) socket")
+    output_allowed_clients: str | None = Field(
+        None, description="Directory of public keys allowed on the output (None: any client "
+                          "that knows the service key)")
+
+
 class SessionConfig(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -93,6 +107,7 @@ class SessionConfig(BaseModel):
     decoder: DecoderConfig = Field(default_factory=DecoderConfig)
     stim: StimConfig = Field(default_factory=StimConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     record: bool = Field(True, description="Write a recording of the session")
     gc_freeze: bool = Field(True, description="Freeze the GC after start-up (latency)")
     cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")

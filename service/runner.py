@@ -34,6 +34,7 @@ from stim.guard import Outcome
 
 from . import protocol as P
 from .config import SessionConfig
+from .curve import connect_curve, ensure_cert, public_key, serve_curve
 from .metrics import SessionMetrics
 from .pipeline import BinResult, LoopPipeline, build_pipeline
 
@@ -43,7 +44,7 @@ now_ns = time.perf_counter_ns
 class SessionRunner:
     def __init__(self, session_id: str, config: SessionConfig, control_endpoint: str,
                  run_dir: Path, models_dir: Path | None = None,
-                 recordings_dir: Path | None = None):
+                 recordings_dir: Path | None = None, keys_dir: Path | None = None):
         self.id = session_id
         self.cfg = config
         self.run_dir = run_dir
@@ -78,13 +79,23 @@ class SessionRunner:
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.bind(control_endpoint)
+        sec = config.security
+        self.public_key = None
+        self._auth = None
+        if sec.source_public_key or sec.output_curve:
+            _, secret = ensure_cert(keys_dir or run_dir, "session")
+            self.public_key = public_key(secret)
         self.output = self.ctx.socket(zmq.PUB)
         self.output.setsockopt(zmq.SNDHWM, config.output.high_water_mark)
         self.output.setsockopt(zmq.LINGER, 0)
+        if sec.output_curve:
+            self._auth = serve_curve(self.output, secret, sec.output_allowed_clients)
         self.output_endpoint = _bind(self.output, config.output.endpoint)
         self.ingest = self.ctx.socket(zmq.SUB)
         self.ingest.setsockopt(zmq.RCVHWM, 1_000_000)
         self.ingest.setsockopt(zmq.LINGER, 0)
+        if sec.source_public_key:
+            connect_curve(self.ingest, sec.source_public_key, secret)
         self.ingest.setsockopt(zmq.SUBSCRIBE, self._spikes_topic)
         self.ingest.setsockopt(zmq.SUBSCRIBE, self._behavior_topic)
         self.ingest.connect(config.source.endpoint)
@@ -440,6 +451,7 @@ class SessionRunner:
             "degraded": self.degraded,
             "pid": os.getpid(),
             "output_endpoint": self.output_endpoint,
+            "public_key": self.public_key,
             "armed": guard.armed,
             "stim": command_to_dict(guard.current),
             "limits": guard.limits.model_dump(),
@@ -478,6 +490,8 @@ class SessionRunner:
         time.sleep(0.05)  # let the last safe command leave the socket
         for s in (self.ingest, self.output, self.control):
             s.close(0)
+        if self._auth is not None:
+            self._auth.stop()
 
 
 # ====================================================================== helpers
@@ -515,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", required=True, type=Path)
     ap.add_argument("--models-dir", type=Path)
     ap.add_argument("--recordings-dir", type=Path)
+    ap.add_argument("--keys-dir", type=Path, help="Where the session's CurveZMQ key lives")
     a = ap.parse_args(argv)
 
     import torch
@@ -523,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SessionConfig.model_validate_json(a.config.read_text())
     runner = None
     try:
-        runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir)
+        runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
+                               a.keys_dir)
 
         def _term(signum, frame):  # graceful stop on SIGTERM/SIGINT
             runner.stop_requested = True

@@ -56,7 +56,8 @@ class SessionManager:
         self.run_dir = data_dir / "run"
         self.models_dir = data_dir / "models"
         self.recordings_dir = data_dir / "recordings"
-        for d in (self.run_dir, self.models_dir, self.recordings_dir):
+        self.keys_dir = data_dir / "keys"
+        for d in (self.run_dir, self.models_dir, self.recordings_dir, self.keys_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.store = store
         self.start_timeout_s = start_timeout_s
@@ -150,7 +151,8 @@ class SessionManager:
         log = open(self.run_dir / f"{sid}.log", "ab")
         cmd = [sys.executable, "-m", "service.runner", "--id", sid, "--config", str(cfg_path),
                "--control", control, "--run-dir", str(self.run_dir),
-               "--models-dir", str(self.models_dir), "--recordings-dir", str(self.recordings_dir)]
+               "--models-dir", str(self.models_dir), "--recordings-dir", str(self.recordings_dir),
+               "--keys-dir", str(self.keys_dir)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path(__file__).resolve().parents[1])
         log.close()
