@@ -182,10 +182,13 @@ class Checker:
         # limits changed since the last call: the guard applies them from this call on
         judged = not self.new_limits
         self.new_limits = False
+        # thermal: in budget for the horizon after each call (or cooling, if a stall
+        # longer than the horizon had already pushed it over)
         if judged and self.t_prev is not None and self.modality == "opto":
+            start = max(self.temp, lim.max_temp_rise_c)
             horizon = self.t_prev + int(lim.thermal_horizon_s * S)
             self.advance(min(t, horizon))
-            assert self.temp <= lim.max_temp_rise_c + 1e-6, ("thermal", self.temp)
+            assert self.temp <= start + 1e-6, ("thermal", self.temp)
         was_on = _on(self.cmd)
         self.advance(t)
         # time limits on the period just elapsed, if on in it (one-call overshoot at most)
