@@ -403,5 +403,12 @@ def _wait_http(client, proc: subprocess.Popen, timeout_s: float = 60.0) -> None:
     raise RuntimeError("the control plane did not come up")
 
 
+# Operator commands (report, doctor, LSL bridges) live in their own module.
+from .cli_ops import doctor, lsl_app, report  # noqa: E402
+
+app.command()(report)
+app.command()(doctor)
+app.add_typer(lsl_app, name="lsl")
+
 if __name__ == "__main__":
     app()
