@@ -155,7 +155,10 @@ def session_create(
 def session_start(sid: str, api: str = typer.Option(DEFAULT_API),
                   data_dir: Path = typer.Option(DEFAULT_DATA),
                   token: str | None = typer.Option(None)):
-    """Start a created or stopped session."""
+    """Start a created or stopped session.
+
+    Example: spikeloop session start 3f2a9c1b7d10
+    """
     with _client(api, data_dir, token) as c:
         _print(c.start(sid))
 
@@ -164,7 +167,10 @@ def session_start(sid: str, api: str = typer.Option(DEFAULT_API),
 def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
                  data_dir: Path = typer.Option(DEFAULT_DATA),
                  token: str | None = typer.Option(None)):
-    """Stop a session: stimulation is driven safe first."""
+    """Stop a session: stimulation is driven safe first.
+
+    Example: spikeloop session stop 3f2a9c1b7d10
+    """
     with _client(api, data_dir, token) as c:
         _print(c.stop(sid))
 
@@ -172,7 +178,10 @@ def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
 @session_app.command("list")
 def session_list(api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
                  token: str | None = typer.Option(None)):
-    """List sessions with their state."""
+    """List sessions with their state.
+
+    Example: spikeloop session list --api http://127.0.0.1:8000
+    """
     with _client(api, data_dir, token) as c:
         for s in c.sessions():
             live = s.get("live") or {}
@@ -225,7 +234,10 @@ def stream(sid: str = typer.Argument(..., help="Session id"),
            api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
            every: int = typer.Option(10, help="Print every N-th bin"),
            token: str | None = typer.Option(None)):
-    """Print a session's decoded outputs with a running R² against the truth."""
+    """Print a session's decoded outputs with a running R² against the truth.
+
+    Example: spikeloop stream 3f2a9c1b7d10 --every 50
+    """
     with _client(api, data_dir, token) as c:
         endpoint = c.session(sid)["output_endpoint"]
     if not endpoint:
@@ -308,7 +320,10 @@ def verify(recording: Path = typer.Argument(..., exists=True, help="A .splog ses
 @app.command("export-nwb")
 def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .splog log"),
                    out: Path | None = typer.Argument(None, help="Output .nwb (default: beside)")):
-    """Export a session log to NWB (spikes, decoded, truth, stimulation, config)."""
+    """Export a session log to NWB (spikes, decoded, truth, stimulation, config).
+
+    Example: spikeloop export-nwb var/recordings/abc-20261123T101500.splog out.nwb
+    """
     from service.nwb_export import export_nwb
     from service.replay import text_progress
 
@@ -318,7 +333,10 @@ def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .s
 
 @app.command()
 def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
-    """List recordings in the data directory."""
+    """List recordings in the data directory.
+
+    Example: spikeloop recordings --data-dir var
+    """
     from service.storage import list_recordings
 
     for r in list_recordings(data_dir / "recordings"):
@@ -338,6 +356,8 @@ def run(units: int = typer.Option(96, help="Simulated units"),
 
     Prints live decoded vs true velocity with a running R² until Ctrl-C, then stops
     the session and every process it started.
+
+    Example: spikeloop run --units 256 --bin-ms 10 --seconds 60
     """
     from .control import ControlClient
 
