@@ -54,7 +54,22 @@ def _evaluate(net: SNNNet, X: np.ndarray, Y: np.ndarray, segs: list[tuple[int, i
 
 def train_snn(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
               p: dict[str, Any], progress: Progress | None = None) -> list[dict[str, float]]:
-    """Train ``net`` in place on standardised X (T, N) and Y (T, K); returns the history."""
+    """Train ``net`` in place on standardised X (T, N) and Y (T, K); returns the history.
+
+    Runs with ``p["threads"]`` torch threads (default 1): the per-step matrices
+    are small, and extra OpenMP threads spin and slow everything down on a
+    shared machine. The caller's thread count is restored afterwards.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(p.get("threads", 1)))
+    try:
+        return _train(net, X, Y, segments, p, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
+           p: dict[str, Any], progress: Progress | None) -> list[dict[str, float]]:
     torch.manual_seed(int(p["seed"]))
     rng = np.random.default_rng(int(p["seed"]))
     segs = _segments(len(X), segments)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from decoders import Decoder, build_decoder
 from decoders.metrics import r2_per_output
@@ -17,6 +18,15 @@ KINDS = {
     "snn": ("snn", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
     "snn_dendritic": ("snn", {"hidden": 16, "branches": 3, "epochs": 2, "window": 32}),
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

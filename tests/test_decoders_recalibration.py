@@ -6,12 +6,22 @@ import copy
 
 import numpy as np
 import pytest
+import torch
 
 from decoders import build_decoder
 from decoders.metrics import r2_per_output
 from sources.motor import MotorCortexSim
 
 BIN_NS = 50_000_000  # 50 ms bins: 2400 bins = 2 minutes of simulated time
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from decoders.store import ModelStore
 from decoders.train import train_model
 from sources.motor import MotorCortexSim
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
