@@ -95,6 +95,10 @@ class Binner:
         """Yield ``(index, start_ns, counts)`` for every bin complete at ``watermark_ns``."""
         self._anchor(watermark_ns)
         horizon = watermark_ns - self.tolerance_ns
+        if self.origin_ns is not None and horizon - self.start_of(self.next_index) > \
+                self.max_jump_ns:
+            self.resync()  # never decode an unbounded run of empty bins
+            return
         while self.start_of(self.next_index + 1) <= horizon:
             slot = self.next_index % self.slots
             self._out[:] = self._ring[slot]

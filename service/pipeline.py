@@ -20,7 +20,7 @@ from stim.limits import SafetyLimits
 from stim.policies import Policy
 
 from .binner import Binner
-from .protocol import KIND_BEHAVIOR, KIND_COUNTS, KIND_EVENTS, Message
+from .protocol import KIND_BEHAVIOR, KIND_COUNTS, KIND_EVENTS, Message, ProtocolError
 
 
 @dataclass(slots=True)
@@ -76,6 +76,16 @@ class LoopPipeline:
         return None
 
     # ------------------------------------------------------------------ input
+    def check(self, msg: Message) -> None:
+        """Refuse spike frames this session cannot bin (raises ProtocolError)."""
+        h = msg.header
+        if h.channels != self.binner.channels:
+            raise ProtocolError("channel_mismatch", f"frame has {h.channels} channels, "
+                                                    f"session expects {self.binner.channels}")
+        if h.kind == KIND_COUNTS and h.bin_ns > self.binner.bin_ns:
+            raise ProtocolError("bin_mismatch", f"counts bin {h.bin_ns} ns is wider than the "
+                                                f"session bin {self.binner.bin_ns} ns")
+
     def add(self, msg: Message) -> None:
         """Feed one validated frame (events, counts or behaviour)."""
         h = msg.header

@@ -50,9 +50,11 @@ REJECT_REASONS = (
     "timestamp_backwards",
     "wrong_stream",
     "channel_mismatch",
+    "bin_mismatch",
 )
 
 MAX_CHANNELS = 65536
+MAX_BIN_NS = 60 * 1_000_000_000  # a counts frame wider than a minute is not a bin
 
 
 class ProtocolError(ValueError):
@@ -267,8 +269,9 @@ def decode(frames: list[Any]) -> Message:
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             raise ProtocolError("nan", f"{h.kind} payload contains NaN or infinity")
         if h.kind == KIND_COUNTS:
-            if h.bin_ns <= 0:
-                raise ProtocolError("header_invalid", "counts need bin_ns > 0")
+            if not 0 < h.bin_ns <= MAX_BIN_NS:
+                raise ProtocolError("header_invalid",
+                                    f"counts need 0 < bin_ns <= {MAX_BIN_NS}, got {h.bin_ns}")
             if values.dtype.kind in "if" and values.size and values.min() < 0:
                 raise ProtocolError("negative_counts", "spike counts must be >= 0")
         msg.values = values

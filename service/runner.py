@@ -199,11 +199,7 @@ class SessionRunner:
             if self.cfg.source.stream is not None and h.stream != self.cfg.source.stream:
                 raise P.ProtocolError("wrong_stream", f"stream {h.stream!r}")
             if h.kind in (P.KIND_EVENTS, P.KIND_COUNTS):
-                if h.channels != self.cfg.source.channels:
-                    raise P.ProtocolError(
-                        "channel_mismatch",
-                        f"frame has {h.channels} channels, session expects "
-                        f"{self.cfg.source.channels}")
+                self.pipeline.check(msg)
                 if self.tracker.is_restart(h):
                     # The source restarted: a new stream with its own clock. Re-anchor
                     # the bin grid on it, and count the outage as a gap.

@@ -70,3 +70,12 @@ def test_clock_jump_resyncs_instead_of_emitting_thousands_of_empty_bins():
     out = _drain(b, 3600_001 * MS)
     assert b.clock_jumps == 1
     assert len(out) == 1 and out[0][2][0] == 1
+
+
+def test_a_far_watermark_never_emits_an_unbounded_run_of_bins():
+    b = Binner(channels=1, bin_ns=1 * MS, max_jump_ns=100 * MS)
+    b.add_counts(0, np.array([1.0]))
+    assert len(_drain(b, 1 * MS)) == 1
+    # A hostile watermark (e.g. a huge bin width) re-anchors instead of looping for ever.
+    assert _drain(b, 2**62) == []
+    assert b.clock_jumps == 1
