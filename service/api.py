@@ -33,6 +33,7 @@ from .config import SessionConfig
 from .control import SessionUnreachable
 from .sessions import ACTIVE, SessionError, SessionManager, SessionNotFound
 from .store import Store
+from .ui import wait_closed
 
 
 @dataclass
@@ -306,27 +307,34 @@ def create_app(settings: Settings) -> FastAPI:
         for topic in (b"decoded", b"stim", b"heartbeat"):
             sub.setsockopt(zmq.SUBSCRIBE, topic)
         sub.connect(row["output_endpoint"])
-        n = 0
+        closed = asyncio.create_task(wait_closed(ws))
+        counts = {P.KIND_DECODED: 0, P.KIND_STIM: 0}
         try:
-            while True:
-                frames = await sub.recv_multipart()
-                msg = P.decode(frames)
+            # Poll with a timeout: a session that stops sends nothing more, and a browser
+            # that leaves is only noticed by `closed`; neither may hang the handler.
+            while not closed.done():
+                if not await sub.poll(500):
+                    st = await asyncio.to_thread(manager.store.get_session, sid)
+                    if st is None or st["state"] not in ACTIVE:
+                        await ws.close(code=1000, reason="session ended")
+                        break
+                    continue
+                msg = P.decode(await sub.recv_multipart())
                 h = msg.header
-                if h.kind == P.KIND_DECODED:
-                    n += 1
-                    if n % every:
+                if h.kind in counts:  # decimate the per-bin kinds, never heartbeats
+                    counts[h.kind] += 1
+                    if counts[h.kind] % every:
                         continue
+                if h.kind == P.KIND_DECODED:
                     await ws.send_json({"kind": h.kind, "bin": h.seq, "t_ns": h.t_ns,
                                         "decoded": np.asarray(msg.values).tolist(),
                                         "truth": h.extra.get("truth")})
                 else:
                     await ws.send_json({"kind": h.kind, "t_ns": h.t_ns, **h.extra})
-        except (WebSocketDisconnect, RuntimeError):
+        except (WebSocketDisconnect, RuntimeError, ConnectionError):
             pass
         finally:
+            closed.cancel()
             sub.close(0)
 
-    from .ui import mount_ui  # operator dashboard at /ui/ (static page + raster WebSocket)
-
-    mount_ui(app, manager)
     return app

@@ -110,7 +110,7 @@ def mount_ui(app: FastAPI, manager: SessionManager) -> None:
         sub.setsockopt(zmq.RCVHWM, 10_000)  # a slow browser drops frames here, not upstream
         sub.setsockopt(zmq.SUBSCRIBE, cfg.source.spikes_topic.encode())
         sub.connect(cfg.source.endpoint)
-        closed = asyncio.create_task(_wait_closed(ws))
+        closed = asyncio.create_task(wait_closed(ws))
         batch = RasterBatch(max_events)
         loop = asyncio.get_running_loop()
         period = 1.0 / hz
@@ -136,7 +136,7 @@ def mount_ui(app: FastAPI, manager: SessionManager) -> None:
             sub.close(0)
 
 
-async def _wait_closed(ws: WebSocket) -> None:
+async def wait_closed(ws: WebSocket) -> None:
     """Return when the browser goes away (it sends nothing on this socket)."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
