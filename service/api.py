@@ -33,7 +33,7 @@ from .config import SessionConfig
 from .control import SessionUnreachable
 from .sessions import ACTIVE, SessionError, SessionManager, SessionNotFound
 from .store import Store
-from .ui import wait_closed
+from .ui import mount_ui, wait_closed
 
 
 @dataclass
@@ -337,4 +337,5 @@ def create_app(settings: Settings) -> FastAPI:
             closed.cancel()
             sub.close(0)
 
+    mount_ui(app, manager)  # operator dashboard at /ui/ (static page + raster WebSocket)
     return app

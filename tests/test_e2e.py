@@ -203,3 +203,32 @@ def test_run_command_closes_the_loop_and_leaves_no_process(tmp_path):
     assert "R²" in proc.stdout and "decoded v" in proc.stdout, proc.stdout[-2000:]
     assert "stopped" in proc.stderr and "all processes stopped" in proc.stderr
     assert not processes_mentioning(str(tmp_path))
+
+
+def test_websocket_stream_delivers_decoded_bins_and_closes_when_the_session_stops(server):
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    c = server.client()
+    with SimThread(units=96, seed=9) as sim:
+        s = c.start(c.create_session(_session_config(
+            sim.endpoint, decoder={"type": "kalman", "calibration_s": 1.0}))["id"])
+        sid = s["id"]
+        wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
+        url = server.url.replace("http", "ws") + f"/sessions/{sid}/stream?every=5"
+        with connect(url, open_timeout=10) as ws:
+            kinds, bins = set(), []
+            while len(bins) < 20:
+                m = json.loads(ws.recv(timeout=10))
+                kinds.add(m["kind"])
+                if m["kind"] == "decoded":
+                    bins.append(m["bin"])
+                    assert len(m["decoded"]) == 4 and m["truth"] is not None
+            assert {"decoded", "stim.command"} <= kinds
+            assert set(np.diff(bins)) == {5}  # every 5th bin only
+            c.stop(sid)
+            with pytest.raises(ConnectionClosed):  # closed by the server, not a timeout
+                while True:
+                    ws.recv(timeout=10)
