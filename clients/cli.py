@@ -345,6 +345,53 @@ def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
                    f"{'clean' if r.clean else 'open/torn'}")
 
 
+# ============================================================================ models
+@app.command()
+def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | peyrache_hd, "
+                                                 "or a .splog session recording"),
+          name: str = typer.Option(..., help="Model name in the store (sessions use it)"),
+          kind: str = typer.Option("snn", help="snn | kalman | wiener"),
+          epochs: int | None = typer.Option(None, help="SNN training epochs"),
+          seed: int = typer.Option(0),
+          bin_ms: float | None = typer.Option(None, help="Bin width for a recording"),
+          data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """Train a decoder (validation split, early stopping, seeded) into the model store.
+
+    Examples:
+      spikeloop train contdata95 --name monkey-snn
+      spikeloop train var/recordings/abc.splog --kind kalman --name day3
+    """
+    from decoders.bptt import text_progress
+    from decoders.store import ModelStore
+    from decoders.train import train_model
+
+    params = {"epochs": epochs} if epochs and kind == "snn" else {}
+    if source.endswith(".splog"):
+        from service.training import recording_arrays
+
+        counts, behavior, names, b = recording_arrays(source, bin_ms)
+        data: object = (counts, behavior)
+        typer.echo(f"{source}: {len(counts)} bins of {b:g} ms, outputs {names}", err=True)
+    else:
+        data, names, b = source, None, bin_ms
+    dec, meta = train_model(data, kind, params, seed, progress=text_progress, bin_ms=b,
+                            output_names=names)
+    path = ModelStore(data_dir / "models").save(name, dec, meta | {"source": source})
+    r2 = meta["metrics"].get("r2_mean")
+    typer.echo(f"{path}" + (f"  test R² {r2:.3f}" if r2 is not None else ""))
+
+
+@app.command()
+def models(data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """List the models in the store."""
+    from decoders.store import ModelStore
+
+    for m in ModelStore(data_dir / "models").list():
+        r2 = (m.get("metrics") or {}).get("r2_mean")
+        typer.echo(f"{m.get('name', '?'):24s} {m.get('type', '?'):8s} {m.get('n_inputs', '?'):>5} "
+                   f"inputs  {m.get('bin_ms', 0):g} ms" + (f"  R² {r2:.3f}" if r2 else ""))
+
+
 # ============================================================================ run
 @app.command()
 def run(units: int = typer.Option(96, help="Simulated units"),

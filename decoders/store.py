@@ -16,7 +16,8 @@ from typing import Any
 
 from .base import Decoder
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# No '.': model files are <name>.json/.npz and Path.with_suffix would cut a dotted name.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
 class ModelStore:
@@ -26,8 +27,8 @@ class ModelStore:
         self.root = Path(root)
 
     def _path(self, name: str) -> Path:
-        if not _NAME.match(name) or name.endswith((".json", ".npz")):
-            raise ValueError(f"invalid model name {name!r}: use letters, digits, '.', '_', '-'")
+        if not _NAME.match(name):
+            raise ValueError(f"invalid model name {name!r}: use letters, digits, '_', '-'")
         return self.root / name
 
     def save(self, name: str, decoder: Decoder, meta: dict[str, Any] | None = None) -> Path:

@@ -12,7 +12,7 @@ import json
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import zmq
@@ -31,6 +31,7 @@ from . import protocol as P
 from .auth import ensure_admin_token, hash_token
 from .config import SessionConfig
 from .control import SessionUnreachable
+from .models import ModelJobs
 from .sessions import ACTIVE, SessionError, SessionManager, SessionNotFound
 from .store import Store
 from .ui import mount_ui, wait_closed
@@ -66,6 +67,19 @@ class ReplayIn(BaseModel):
     speed: float | None = Field(1.0, gt=0, le=10_000,
                                 description="x real time; null = as fast as possible")
     session: dict[str, Any] | None = Field(None, description="Session config overrides")
+
+
+class TrainIn(BaseModel):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+    source: str = Field(..., description="contdata95 | mc_maze_small | peyrache_hd, or the "
+                                         "path of a .splog recording", min_length=1,
+                        max_length=1000)
+    kind: Literal["snn", "kalman", "wiener"] = "snn"
+    epochs: int | None = Field(None, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31)
+
+    model_config = {"json_schema_extra": {"examples": [
+        {"name": "monkey-snn", "source": "contdata95", "kind": "snn", "epochs": 60}]}}
 
 
 class ArmOut(BaseModel):
@@ -119,6 +133,8 @@ def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.data_dir / "spikeloop.db")
     manager = SessionManager(settings.data_dir, store)
+    models = ModelJobs(manager.models_dir, manager.run_dir, settings.data_dir,
+                       manager.recordings_dir)
     token_path = ensure_admin_token(store, settings.data_dir) if settings.auth else None
     registry = CollectorRegistry()
     registry.register(SessionCollector(manager))
@@ -129,6 +145,7 @@ def create_app(settings: Settings) -> FastAPI:
         yield
         if settings.stop_sessions_on_shutdown:
             await asyncio.to_thread(manager.stop_all)
+        await asyncio.to_thread(models.stop_all)
         store.close()
 
     app = FastAPI(
@@ -263,6 +280,38 @@ def create_app(settings: Settings) -> FastAPI:
         cfg.stim.limits = limits
         manager.store.update_session(sid, config=json.dumps(cfg.model_dump()))
         return limits
+
+    # ------------------------------------------------------------------ models
+    @app.get("/models", tags=["models"])
+    def list_models() -> list[dict[str, Any]]:
+        """Stored decoders (by name, usable as a session's ``decoder.model``) and jobs."""
+        return models.list()
+
+    @app.get("/models/{name}", tags=["models"])
+    def get_model(name: str) -> dict[str, Any]:
+        try:
+            return models.get(name)
+        except (KeyError, ValueError):
+            raise HTTPException(404, f"no model {name!r}; GET /models lists them") from None
+
+    @app.post("/models", status_code=202, tags=["models"], dependencies=[require("control")])
+    def train_model(body: TrainIn) -> dict[str, Any]:
+        """Train a decoder in a separate process; poll GET /models/{name} for progress."""
+        try:
+            return models.train(body.name, body.source, body.kind, body.epochs, body.seed)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except RuntimeError as exc:
+            raise HTTPException(409, str(exc)) from None
+
+    @app.delete("/models/{name}", status_code=204, tags=["models"],
+                dependencies=[require("control")])
+    def delete_model(name: str) -> Response:
+        try:
+            models.delete(name)
+        except (KeyError, ValueError):
+            raise HTTPException(404, f"no model {name!r}; GET /models lists them") from None
+        return Response(status_code=204)
 
     # ------------------------------------------------------------------ recordings
     @app.get("/recordings", tags=["recordings"])
