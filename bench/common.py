@@ -1,0 +1,372 @@
+"""Pieces every live benchmark shares: a real control plane, endpoints, pacing, the floor.
+
+Live benchmarks measure the real thing (uvicorn server, session processes
+started over REST, ZeroMQ on loopback), so they all need the same plumbing:
+start and reliably stop a server, pick endpoints on one transport, pace a
+source in real time, compute exact percentiles, and measure the raw ZeroMQ
+round trip that every latency is compared with.
+
+This file is also the entry point of the helper processes it starts
+(``--echo`` for the floor, ``--load`` for REST load, ``--sink`` for the raw
+PUB->SUB rate), so that they run in their own interpreter, as a real peer would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+now_ns = time.perf_counter_ns
+HERE = str(Path(__file__).resolve())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentiles(samples_ns: np.ndarray, prefix: str = "") -> dict[str, float]:
+    """p50/p99/p99.9/max in microseconds (NaN when there are no samples)."""
+    keys = [f"{prefix}{k}" for k in ("p50_us", "p99_us", "p999_us", "max_us")]
+    samples_ns = np.asarray(samples_ns)
+    if samples_ns.size == 0:
+        return dict.fromkeys(keys, float("nan"))
+    p = np.percentile(samples_ns, [50, 99, 99.9]) / 1e3
+    vals = [float(p[0]), float(p[1]), float(p[2]), float(samples_ns.max()) / 1e3]
+    return {k: round(v, 1) for k, v in zip(keys, vals, strict=True)}
+
+
+def sleep_until(t: float) -> None:
+    """Sleep to ``t`` (perf_counter seconds), spinning only the last 0.2 ms for precision."""
+    d = t - time.perf_counter()
+    if d > 0.0003:
+        time.sleep(d - 0.0002)
+    while time.perf_counter() < t:
+        pass
+
+
+def wait_for(fn, timeout_s: float, what: str = "condition"):
+    """Call ``fn`` until it returns without raising (and truthy); its value is returned."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as exc:  # not up yet
+            last = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}" + (f": {last}" if last else ""))
+
+
+class Endpoints:
+    """Fresh endpoints on one transport: ``tcp`` (127.0.0.1, free ports) or ``ipc`` (a temp dir).
+
+    The same object names the source, output and floor endpoints, so a run compares
+    like with like.
+    """
+
+    def __init__(self, transport: str = "tcp"):
+        if transport not in ("tcp", "ipc"):
+            raise ValueError(f"transport must be tcp or ipc, not {transport!r}")
+        self.transport = transport
+        self._dir = tempfile.mkdtemp(prefix="slb-") if transport == "ipc" else None
+        self._n = 0
+
+    def new(self, name: str = "ep") -> str:
+        self._n += 1
+        if self.transport == "tcp":
+            return f"tcp://127.0.0.1:{free_port()}"
+        return f"ipc://{self._dir}/{name}{self._n}"
+
+    def close(self) -> None:
+        """Remove the ipc socket files' directory (sockets must be closed by then)."""
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def output(self, name: str = "out") -> str:
+        """For a session's output: tcp lets the session pick a free port itself."""
+        return "tcp://127.0.0.1:0" if self.transport == "tcp" else self.new(name)
+
+
+# ---------------------------------------------------------------------------- server
+class Server:
+    """The real control plane in its own process group; ``stop()`` always leaves nothing behind.
+
+        with Server() as srv:
+            c = srv.client()          # ControlClient with the admin token
+    """
+
+    def __init__(self, data_dir: Path | None = None):
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spikeloop-bench-"))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.session_pids: list[int] = []
+
+    def start(self, timeout_s: float = 60) -> Server:
+        from clients.control import ControlClient
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "clients.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)], cwd=REPO, start_new_session=True,
+            stderr=subprocess.DEVNULL)
+        probe = ControlClient(self.url)
+
+        def up():
+            if self.proc.poll() is not None:
+                raise SystemExit("the control plane exited during start-up")
+            return probe.health()
+
+        try:
+            wait_for(up, timeout_s, "the control plane")
+        finally:
+            probe.close()
+        return self
+
+    def client(self):
+        from clients.control import ControlClient
+
+        return ControlClient(self.url, (self.data_dir / "admin.token").read_text().strip())
+
+    def start_session(self, c, config: dict) -> dict:
+        """Create and start a session; its pid is remembered so ``stop()`` can reap it.
+
+        Sessions run in their own process group (they outlive an API restart by design),
+        so killing the server's group alone would not stop them.
+        """
+        s = c.start(c.create_session(config)["id"])
+        if s.get("pid"):
+            self.session_pids.append(int(s["pid"]))
+        return s
+
+    def stop(self) -> None:
+        """SIGINT (the API stops its sessions), then SIGKILL whatever is left."""
+        self._stop_server()
+        for pid in self.session_pids:
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"service.runner" in cmd:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.session_pids.clear()
+
+    def _stop_server(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:  # session processes are in the server's group: none may outlive the bench
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait(5)
+        self.proc = None
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def wait_running(c, sid: str, keep_feeding, timeout_s: float = 120) -> None:
+    """Call ``keep_feeding()`` (send a bin, pace) until the session has calibrated."""
+    deadline = time.monotonic() + timeout_s
+    check = 0.0
+    while time.monotonic() < deadline:
+        keep_feeding()
+        if time.monotonic() - check > 0.5:
+            check = time.monotonic()
+            st = c.session(sid)
+            if st["state"] == "failed":
+                raise RuntimeError(f"session failed: {st['error']}")
+            if st["state"] == "running":
+                return
+    raise RuntimeError(f"session {sid} did not reach running in {timeout_s} s")
+
+
+def stage_means(metrics: dict) -> dict[str, float]:
+    """Mean microseconds per loop stage from a ``/sessions/{id}/metrics`` reply."""
+    return {k: round(v["sum_us"] / max(v["count"], 1), 2) for k, v in metrics["stages"].items()}
+
+
+# ---------------------------------------------------------------------------- floor
+def _echo(in_ep: str, out_ep: str) -> None:
+    """Echo process for the floor: SUB everything on ``in_ep``, PUB it back on ``out_ep``."""
+    ctx = zmq.Context()
+    sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(in_ep)
+    pub.bind(out_ep)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    while True:
+        pub.send_multipart(sub.recv_multipart(copy=False), copy=False)
+
+
+def measure_floor(frames: list[bytes], n: int = 3000, transport: str = "tcp") -> np.ndarray:
+    """Raw ZeroMQ round trips (PUB -> echo process -> PUB) of ``frames``, in ns.
+
+    The same hop count as a session (source -> process -> stimulator) with zero work
+    in the middle: the physical limit of this transport on this machine, right now.
+    """
+    ctx = zmq.Context.instance()
+    eps = Endpoints(transport)
+    a, b = eps.new("fa"), eps.new("fb")
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(a)
+    proc = subprocess.Popen([sys.executable, HERE, "--echo", a, b])
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(b)
+    try:
+        # Wait until the echo path is up (slow joiner), then ping-pong.
+        deadline = time.monotonic() + 20
+        while not sub.poll(0):
+            if time.monotonic() > deadline:
+                raise RuntimeError("echo process did not come up")
+            pub.send_multipart(frames)
+            time.sleep(0.05)
+        while sub.poll(100):
+            sub.recv_multipart()
+        out = np.empty(n, np.int64)
+        for i in range(n):
+            t0 = now_ns()
+            pub.send_multipart(frames)
+            sub.recv_multipart()
+            out[i] = now_ns() - t0
+            time.sleep(0.0002)
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(5)
+        pub.close(0)
+        sub.close(0)
+        eps.close()
+
+
+# ---------------------------------------------------------------------------- raw rate
+def _sink(endpoint: str, seconds: float) -> None:
+    """Count messages and bytes from a PUB until ``seconds`` of silence or a b"end" topic."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1_000_000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(endpoint)
+    n = 0
+    t_first = t_last = None
+    while sub.poll(int(seconds * 1000)):
+        msg = sub.recv_multipart(copy=False)
+        if msg[0].bytes == b"end":
+            break
+        t_last = time.perf_counter()
+        if t_first is None:
+            t_first = t_last
+        n += 1
+    print(json.dumps({"messages": n, "seconds": (t_last or 0) - (t_first or 0)}), flush=True)
+
+
+def raw_pubsub_rate(frames: list, seconds: float = 2.0, transport: str = "tcp") -> dict:
+    """Frames/s that this process can push through PUB -> SUB (another process), no loss.
+
+    The sink counts what arrived; the sender blocks on nothing (PUB drops at the high-water
+    mark), so ``delivered < sent`` means the raw transport itself lost frames at that rate.
+    """
+    ctx = zmq.Context.instance()
+    eps = Endpoints(transport)
+    ep = eps.new("raw")
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 1_000_000)
+    pub.bind(ep)
+    proc = subprocess.Popen([sys.executable, HERE, "--sink", ep, "2"], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        time.sleep(1.0)  # slow joiner: the SUB must be connected before we count
+        sent = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for _ in range(100):
+                pub.send_multipart(frames, copy=False)
+            sent += 100
+        elapsed = time.perf_counter() - t0
+        time.sleep(0.5)
+        pub.send_multipart([b"end"])
+        out = json.loads(proc.communicate(timeout=30)[0].strip().splitlines()[-1])
+        return {"sent": sent, "delivered": out["messages"], "send_s": elapsed,
+                "frames_per_s": out["messages"] / max(out["seconds"], elapsed, 1e-9)}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        pub.close(0)
+        eps.close()
+
+
+# ---------------------------------------------------------------------------- load
+def _api_load(url: str, rps: float, seconds: float) -> None:
+    """A separate process polling ``url`` at ``rps`` for ``seconds`` (bounded)."""
+    import httpx
+
+    n_ok = n_err = 0
+    period = 1.0 / rps
+    with httpx.Client(timeout=5) as c:
+        t0 = time.monotonic()
+        k = 0
+        while time.monotonic() - t0 < seconds:
+            try:
+                n_ok += c.get(url).status_code == 200
+            except httpx.HTTPError:
+                n_err += 1
+            k += 1
+            delay = t0 + k * period - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    print(json.dumps({"requests": n_ok + n_err, "ok": n_ok,
+                      "rps": (n_ok + n_err) / max(time.monotonic() - t0, 1e-9)}))
+
+
+def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, HERE, "--load", url, str(rps), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def helper_main(argv: list[str]) -> bool:
+    """Run a helper process if ``argv`` asks for one; True when it did."""
+    if argv[:1] == ["--echo"]:
+        _echo(argv[1], argv[2])
+    elif argv[:1] == ["--load"]:
+        _api_load(argv[1], float(argv[2]), float(argv[3]))
+    elif argv[:1] == ["--sink"]:
+        _sink(argv[1], float(argv[2]))
+    else:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(0 if helper_main(sys.argv[1:]) else 2)
