@@ -392,6 +392,26 @@ def models(data_dir: Path = typer.Option(DEFAULT_DATA)):
                    f"inputs  {m.get('bin_ms', 0):g} ms" + (f"  R² {r2:.3f}" if r2 else ""))
 
 
+# ============================================================================ bench
+@app.command()
+def bench(quick: bool = typer.Option(False, help="Every benchmark's short version (~15 min)"),
+          long: bool = typer.Option(False, help="The 1024-channel SNN latency run lasts 10 min"),
+          only: list[str] = typer.Option([], help="Only these groups (e2e_latency, throughput, "
+                                                  "decoders, closed_loop, replay, fuzz)"),
+          json_path: Path = typer.Option(Path("results/bench.json"), "--json",
+                                         help="Where the combined results go")):
+    """Run every benchmark (bench/run_all.py): one results JSON and a summary table.
+
+    Needs a source checkout (bench/ is not installed). Example: spikeloop bench --quick
+    """
+    script = Path(__file__).resolve().parents[1] / "bench" / "run_all.py"
+    if not script.exists():
+        raise typer.BadParameter(f"{script} not found: run from a source checkout")
+    argv = [sys.executable, str(script), "--json", str(json_path)]
+    argv += ["--quick"] * quick + ["--long"] * long + (["--only", *only] if only else [])
+    raise typer.Exit(subprocess.call(argv))
+
+
 # ============================================================================ run
 @app.command()
 def run(units: int = typer.Option(96, help="Simulated units"),
