@@ -199,3 +199,119 @@ def test_fault_malformed_stim_command_never_reaches_the_stimulator():
     assert len(applied) == 1
     link.close()
     pub.close(0)
+
+
+def _stim_watch(endpoint: str):
+    """A raw subscriber to every stim message (the link only reports changes of command)."""
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"stim")
+    sub.connect(endpoint)
+    return sub
+
+
+def _drain_stim(sub, into: list[dict]) -> None:
+    while sub.poll(0):
+        into.append(P.decode(sub.recv_multipart()).header.extra)
+
+
+def _nan_model(models_dir, name: str, channels: int = 96) -> None:
+    """A Kalman model that loads and steps, but whose every output is NaN/inf."""
+    from decoders.kalman import KalmanDecoder
+    from decoders.store import ModelStore
+
+    rng = np.random.default_rng(0)
+    dec = KalmanDecoder().fit(rng.poisson(2.0, (400, channels)).astype(float),
+                              rng.normal(size=(400, 4)), bin_ms=10.0,
+                              output_names=["x", "y", "vx", "vy"])
+    dec.x_mean = np.array([np.nan, np.inf, 0.0, 0.0])  # added to every decoded state
+    ModelStore(models_dir).save(name, dec)
+
+
+def _assert_degraded_but_safe(c, sid, endpoint, expect_error: str, min_armed_bins: int = 50):
+    """Armed session whose decoder/policy fails every bin: safe stim, degraded, still looping."""
+    sub = _stim_watch(endpoint)
+    changes: list[dict] = []
+    link = StimulatorLink(endpoint, deadline_ms=1000, on_command=changes.append)
+    msgs: list[dict] = []
+    try:
+        wait_for(lambda: (link.poll(20), link.last_heard_ns is not None)[1], 10, "the link")
+        assert c.arm(sid) == {"armed": True}
+
+        def armed_bins():
+            link.poll(10)
+            _drain_stim(sub, msgs)
+            return sum(1 for m in msgs if m.get("armed") and m.get("bin") is not None
+                       and m.get("in_seq", -1) >= 0) >= min_armed_bins
+
+        wait_for(armed_bins, 30, "armed bins to be published")
+        live1 = _live(c, sid)
+        n1 = live1["counters"]["decoder_errors"]
+        live2 = wait_for(lambda: (lambda x: x if x["bins"] >= live1["bins"] + 50 else None)(
+            _live(c, sid)), 30, "bins to keep being counted")
+        link.poll(10)
+        _drain_stim(sub, msgs)
+    finally:
+        link.close()
+        sub.close(0)
+    for live in (live1, live2):
+        assert live["state"] == "running" and live["degraded"] is True, live
+        assert expect_error in live["error"], live["error"]
+        assert live["armed"] is True and live["stim"]["amplitude_ma"] == 0.0, live["stim"]
+    assert live2["counters"]["decoder_errors"] > n1 > 0
+    assert live2["counters"]["degraded_bins"] >= 50
+    assert not live2["counters"].get("stim_sent") and not live2["counters"].get("stim_clamped")
+    armed = [m for m in msgs if m.get("armed") and m.get("in_seq", -1) >= 0]
+    assert len(armed) >= min_armed_bins
+    assert all(m["status"] == "safe" and m["cmd"]["amplitude_ma"] == 0.0 for m in armed), \
+        [m for m in armed if m["status"] != "safe" or m["cmd"]["amplitude_ma"] != 0.0][:3]
+    assert all(m["cmd"] is None or m["cmd"]["amplitude_ma"] == 0.0 for m in msgs)
+    assert changes and all(cmd["amplitude_ma"] == 0.0 for cmd in changes), changes
+    row = c.session(sid)
+    assert expect_error in row["error"], "the error is exposed on the session record too"
+
+
+def test_fault_decoder_or_policy_raises_drives_stim_safe_and_degrades(server):
+    """A stored model whose output is NaN/inf, and a policy that raises (it reads decoded
+    outputs that do not exist), each in an armed session fed by the same source: every bin
+    goes out safe, the session is degraded with the error exposed, the loop keeps going."""
+    _nan_model(server.data_dir / "models", "broken-kalman")
+    c = server.client()
+    with SimThread(units=96, seed=16) as sim:
+        bad_decoder = _cfg(sim.endpoint, decoder={"type": "kalman", "model": "broken-kalman"})
+        bad_policy = _cfg(sim.endpoint)
+        bad_policy["stim"]["policy"]["velocity_index"] = [7, 8]  # the decoder has 4 outputs
+        s1 = c.start(c.create_session(bad_decoder)["id"])
+        s2 = c.start(c.create_session(bad_policy)["id"])
+        _running(c, s1["id"], min_bins=20)
+        _running(c, s2["id"], min_bins=20)
+        assert _live(c, s1["id"])["decoder"]["type"] == "kalman"  # the stored model, loaded
+        _assert_degraded_but_safe(c, s1["id"], s1["output_endpoint"],
+                                  "decoder error: FloatingPointError: decoder output is not finite")
+        _assert_degraded_but_safe(c, s2["id"], s2["output_endpoint"], "policy error: IndexError")
+        for s in (s1, s2):
+            assert c.stop(s["id"])["state"] == "stopped"
+
+
+def test_fault_stimulator_sink_unreachable_session_keeps_running_and_counts(server):
+    """Nobody subscribes to the output (stimulator down): the loop neither blocks nor stops,
+    and every bin's command is still decided, counted and recorded."""
+    c = server.client()
+    with SimThread(units=96, seed=18) as sim:
+        s = c.start(c.create_session(_cfg(sim.endpoint))["id"])
+        sid = s["id"]
+        _running(c, sid, min_bins=20)
+        c.arm(sid)
+        b0 = _live(c, sid)["bins"]
+        live = wait_for(lambda: (lambda x: x if x["bins"] >= b0 + 200 else None)(
+            _live(c, sid)), 30, "bins with no stimulator listening")
+    ctr = live["counters"]
+    stim = sum(v for k, v in ctr.items() if k.startswith("stim_"))
+    assert live["state"] == "running" and not live["degraded"], live
+    assert stim >= live["bins"], ctr  # one command per bin, plus out-of-band ones
+    assert ctr.get("stim_sent", 0) + ctr.get("stim_clamped", 0) > 0, ctr
+    assert live["gaps"] == 0 and ctr.get("missing_frames", 0) == 0
+    row = c.stop(sid)
+    assert row["state"] == "stopped"
+    bins = list(read_log(row["recording"], {RecordType.BIN}))
+    assert len(bins) >= live["bins"]
