@@ -164,7 +164,7 @@ def test_invalid_payloads_and_unknown_ids_get_clear_errors(server):
     assert e.value.status == 409 and "start it first" in str(e.value)
 
 
-def test_sessions_survive_an_api_crash_and_are_reattached(tmp_path):
+def test_fault_sessions_survive_an_api_crash_and_are_reattached(tmp_path):
     data = tmp_path / "data"
     srv = start_server(data)
     sid = None
