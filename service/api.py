@@ -263,6 +263,22 @@ def create_app(settings: Settings) -> FastAPI:
     def disarm(sid: str):
         return {"armed": manager.control(sid, {"cmd": "disarm"})["armed"]}
 
+    @app.get("/sessions/{sid}/audit", tags=["stimulation"])
+    def audit_log(sid: str, limit: int = Query(200, ge=1, le=100_000),
+                  status: str | None = Query(None, description="sent|clamped|refused|safe")
+                  ) -> list[dict[str, Any]]:
+        """The session's audit log, newest last: every stim outcome (identical runs collapsed
+        into a ``repeated`` line) and every control event (arm, disarm, limits, state)."""
+        from stim.audit import read_audit
+
+        manager.get(sid)  # 404 for an unknown session
+        path = manager.audit_dir / f"{sid}.audit.jsonl"
+        if not path.exists():
+            return []
+        if status:  # filtering needs the whole file; without it read only the tail
+            return [r for r in read_audit(path) if r.get("status") == status][-limit:]
+        return read_audit(path, last=limit)
+
     @app.get("/sessions/{sid}/limits", response_model=SafetyLimits, tags=["stimulation"])
     def get_limits(sid: str):
         row = manager.get(sid)

@@ -29,6 +29,7 @@ import numpy as np
 import zmq
 
 from decoders.base import Decoder, build_decoder
+from stim.audit import AuditLog
 from stim.commands import command_to_dict
 from stim.guard import Outcome
 
@@ -44,7 +45,8 @@ now_ns = time.perf_counter_ns
 class SessionRunner:
     def __init__(self, session_id: str, config: SessionConfig, control_endpoint: str,
                  run_dir: Path, models_dir: Path | None = None,
-                 recordings_dir: Path | None = None, keys_dir: Path | None = None):
+                 recordings_dir: Path | None = None, keys_dir: Path | None = None,
+                 audit_dir: Path | None = None):
         self.id = session_id
         self.cfg = config
         self.run_dir = run_dir
@@ -59,6 +61,8 @@ class SessionRunner:
         self.stop_requested = False
         self.recorder = None
         self.recording_path: Path | None = None
+        # Every request and outcome, and every control event, in plain JSON lines.
+        self.audit = AuditLog((audit_dir or run_dir) / f"{session_id}.audit.jsonl")
         self._cal_counts: list[np.ndarray] = []
         self._cal_truth: list[np.ndarray] = []
         self._truth_names: list[str] = []
@@ -142,6 +146,7 @@ class SessionRunner:
         self.state = state
         if error:
             self.error = error
+        self.audit.event("state", self._source_now(), state=state, error=error)
         if self.recorder is not None:
             self.recorder.event({"state": state, "error": error,
                                  "bin": self.pipeline.binner.next_index})
@@ -152,6 +157,11 @@ class SessionRunner:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.status(), default=_jsonable))
         os.replace(tmp, path)
+
+    def _source_now(self) -> int:
+        """The session's current position on the source clock (0 before the first frame)."""
+        b = self.pipeline.binner
+        return b.start_of(b.next_index) if b.origin_ns is not None else 0
 
     # ================================================================== loop
     def run(self) -> None:
@@ -256,6 +266,7 @@ class SessionRunner:
         out = r.outcome
         od = self._outcome_dict(out)
         self._publish_stim(od, out.t_ns, r.index, in_seq)
+        self.audit.record(out)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv)
@@ -298,6 +309,7 @@ class SessionRunner:
     def _publish_outcome(self, out: Outcome, index: int) -> None:
         """Out-of-band decisions (disarm, watchdog, stop): published at once, not per bin."""
         self._publish_stim(self._outcome_dict(out), out.t_ns, index, -1)
+        self.audit.record(out)
 
     def _heartbeat(self) -> None:
         self._out_seq += 1
@@ -330,6 +342,7 @@ class SessionRunner:
             out = self.pipeline.guard.disarm(t)
             out.reasons.append(reason)
             op = "disarm"
+        self.audit.event(op, t, reason=reason)
         self._publish_outcome(out, binner.next_index)
         if self.recorder is not None and not self.recorder.error:
             self.recorder.event({"op": op, "reason": reason, "bin": binner.next_index})
@@ -414,12 +427,14 @@ class SessionRunner:
             # arms at the same point. (Queueing it instead would let a queued arm
             # re-arm the guard after a later, immediate disarm.)
             guard.arm()
+            self.audit.event("arm", self._source_now(), by=req.get("by", "api"))
             if self.recorder is not None:
                 self.recorder.event({"op": "arm", "bin": self.pipeline.binner.next_index})
             return {"ok": True, "armed": True}
         if cmd == "disarm":
             binner = self.pipeline.binner
             t = binner.start_of(binner.next_index) if binner.origin_ns is not None else 0
+            self.audit.event("disarm", t, by=req.get("by", "api"))
             out = guard.disarm(t)
             self._publish_outcome(out, binner.next_index)
             if self.recorder is not None:
@@ -430,6 +445,8 @@ class SessionRunner:
 
             limits = SafetyLimits(**req["limits"])  # validated before queueing
             self.pipeline.control({"op": "limits", "limits": limits.model_dump()})
+            self.audit.event("limits", self._source_now(), limits=limits.model_dump(),
+                             by=req.get("by", "api"))
             return {"ok": True, "limits": limits.model_dump()}
         if cmd == "adapt":
             self.pipeline.control({"op": "adapt", "enabled": bool(req.get("enabled", True))})
@@ -483,6 +500,7 @@ class SessionRunner:
             self.recorder.event({"op": "disarm", "bin": binner.next_index, "reason": "stop"})
             self.recorder.close()
             self._write_status()
+        self.audit.close()
         time.sleep(0.05)  # let the last safe command leave the socket
         for s in (self.ingest, self.output, self.control):
             s.close(0)
@@ -526,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models-dir", type=Path)
     ap.add_argument("--recordings-dir", type=Path)
     ap.add_argument("--keys-dir", type=Path, help="Where the session's CurveZMQ key lives")
+    ap.add_argument("--audit-dir", type=Path, help="Where the audit log is appended")
     a = ap.parse_args(argv)
 
     import torch
@@ -535,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     runner = None
     try:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
-                               a.keys_dir)
+                               a.keys_dir, a.audit_dir)
 
         def _term(signum, frame):  # graceful stop on SIGTERM/SIGINT
             runner.stop_requested = True

@@ -57,7 +57,9 @@ class SessionManager:
         self.models_dir = data_dir / "models"
         self.recordings_dir = data_dir / "recordings"
         self.keys_dir = data_dir / "keys"
-        for d in (self.run_dir, self.models_dir, self.recordings_dir, self.keys_dir):
+        self.audit_dir = data_dir / "audit"
+        for d in (self.run_dir, self.models_dir, self.recordings_dir, self.keys_dir,
+                  self.audit_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.store = store
         self.start_timeout_s = start_timeout_s
@@ -152,7 +154,7 @@ class SessionManager:
         cmd = [sys.executable, "-m", "service.runner", "--id", sid, "--config", str(cfg_path),
                "--control", control, "--run-dir", str(self.run_dir),
                "--models-dir", str(self.models_dir), "--recordings-dir", str(self.recordings_dir),
-               "--keys-dir", str(self.keys_dir)]
+               "--keys-dir", str(self.keys_dir), "--audit-dir", str(self.audit_dir)]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path(__file__).resolve().parents[1])
         log.close()

@@ -4,20 +4,20 @@ One JSON line per outcome: time, status, request, command sent, reasons.
 Control events (arm, disarm, limit changes) go in the same file with
 ``"event"`` set, so one file tells the whole story of a session.
 
-Cost on the hot path is one ``json.dumps`` and a list append. Lines are
-written when ``flush_every`` have accumulated, on :meth:`flush`, and at once
-for safety-relevant lines (``safe`` and ``refused`` outcomes, control events).
-fsync policy: every write is followed by ``os.fsync`` when ``fsync=True``
-(the default), so a line that was written survives a crash of the machine;
-the buffered hot-path lines (``sent``/``clamped``) are at risk for at most
-``flush_every`` outcomes. ``hold`` outcomes (nothing new sent) are not logged
-unless ``log_holds=True``: at 1 kHz they would be most of the file.
+Cost on the hot path is one ``json.dumps`` and a list append: a writer thread
+does the writing and fsync every ``flush_interval_s`` (0.2 s), and at once
+(woken, not waited for) after safety-relevant lines (``safe``/``refused``
+outcomes, control events). A crash loses at most the lines of the last
+interval. Identical consecutive outcomes (e.g. "refused: disarmed" every bin)
+are written once, then as one ``{"repeated": n}`` line when they change.
+``hold`` outcomes (nothing new sent) are not logged unless ``log_holds=True``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -38,42 +38,83 @@ def outcome_to_dict(out: Outcome) -> dict[str, Any]:
 
 
 class AuditLog:
-    def __init__(self, path: str | Path, flush_every: int = 256, fsync: bool = True,
+    def __init__(self, path: str | Path, flush_interval_s: float = 0.2, fsync: bool = True,
                  log_holds: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
-        self.flush_every = max(1, int(flush_every))
         self.fsync = fsync
         self.log_holds = log_holds
         self._buf: list[str] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = False
+        self._last_key: tuple | None = None
+        self._last_t_ns = 0
+        self._repeats = 0
         self.lines = 0
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(flush_interval_s,),
+                                        name="audit-writer", daemon=True)
+        self._thread.start()
 
     def record(self, out: Outcome) -> None:
         if out.status == "hold" and not self.log_holds:
             return
-        self._buf.append(json.dumps(outcome_to_dict(out), default=float))
-        if out.status in URGENT or len(self._buf) >= self.flush_every:
-            self.flush()
+        d = outcome_to_dict(out)
+        key = (d["status"], json.dumps(d["command"]), tuple(d["reasons"]))
+        if key == self._last_key:
+            self._repeats += 1
+            self._last_t_ns = d["t_ns"]
+            return
+        self._end_repeats()
+        self._last_key, self._last_t_ns = key, d["t_ns"]
+        self._buf.append(json.dumps(d, default=float))
+        if out.status in URGENT:
+            self._wake.set()
+
+    def _end_repeats(self) -> None:
+        if self._repeats:
+            self._buf.append(json.dumps({"t_ns": self._last_t_ns, "status": self._last_key[0],
+                                         "repeated": self._repeats}))
+            self._repeats = 0
 
     def event(self, event: str, t_ns: int, **info: Any) -> None:
-        """A control-plane event (arm, disarm, set_limits ...), written at once."""
+        """A control-plane event (arm, disarm, set_limits ...), written promptly."""
+        self._end_repeats()
+        self._last_key = None
         self._buf.append(json.dumps({"t_ns": int(t_ns), "event": event, **info}, default=str))
-        self.flush()
+        self._wake.set()
+
+    def _run(self, interval: float) -> None:
+        while not self._closing:
+            self._wake.wait(interval)
+            self._wake.clear()
+            self.flush()
 
     def flush(self) -> None:
-        if not self._buf or self._f.closed:
-            return
-        self._f.write("\n".join(self._buf) + "\n")
-        self.lines += len(self._buf)
-        self._buf.clear()
-        self._f.flush()
-        if self.fsync:
-            os.fsync(self._f.fileno())
+        with self._lock:
+            lines, self._buf = self._buf, []
+            if not lines or self._f.closed:
+                return
+            try:
+                self._f.write("\n".join(lines) + "\n")
+                self._f.flush()
+                if self.fsync:
+                    os.fsync(self._f.fileno())
+                self.lines += len(lines)
+            except OSError as exc:  # disk full: the session log says so; never raise here
+                self.error = str(exc)
 
     def close(self) -> None:
-        if not self._f.closed:
-            self.flush()
+        if self._f.closed:
+            return
+        self._end_repeats()
+        self._closing = True
+        self._wake.set()
+        self._thread.join(5)
+        self.flush()
+        with self._lock:
             self._f.close()
 
     def __enter__(self) -> AuditLog:
@@ -83,6 +124,20 @@ class AuditLog:
         self.close()
 
 
-def read_audit(path: str | Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def read_audit(path: str | Path, last: int | None = None) -> list[dict[str, Any]]:
+    """All lines, or only the ``last`` ones (read from the end: logs grow large)."""
+    if last is None:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        pos, data = f.tell(), b""
+        while pos > 0 and data.count(b"\n") <= last:
+            step = min(pos, 1 << 16)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    lines = [ln for ln in data.split(b"\n") if ln.strip()]
+    if pos > 0:
+        lines = lines[1:]  # the first may be cut
+    return [json.loads(ln) for ln in lines[-last:]]

@@ -133,6 +133,7 @@ def test_stimulation_endpoints_need_the_stim_scope(server):
                 server.client(token=tok).set_limits(sid, {"max_amplitude_ma": 25})
             assert e.value.status == 403
         assert c.session(sid)["live"]["armed"] is False
+        wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "calibration")
         assert c.arm(sid) == {"armed": True}
         assert c.disarm(sid) == {"armed": False}
         # Arm then disarm between two bins must stay disarmed at the following bins.
@@ -140,6 +141,12 @@ def test_stimulation_endpoints_need_the_stim_scope(server):
         live = wait_for(lambda: (lambda x: x if x["bins"] > b0 + 20 else None)(
             c.session(sid)["live"]), 20, "bins after disarm")
         assert live["armed"] is False and live["stim"]["amplitude_ma"] == 0.0
+        audit = c._call("GET", f"/sessions/{sid}/audit?limit=100000")
+        events = [r["event"] for r in audit if "event" in r]
+        assert events.count("arm") == 1 and events.count("disarm") == 1
+        refused = [r for r in audit if r.get("status") == "refused" and "repeated" not in r]
+        assert refused and all("disarmed" in r["reasons"] for r in refused)
+        assert any(r.get("repeated") for r in audit)  # one line per run of identical bins
         c.stop(sid)
 
 

@@ -14,7 +14,7 @@ MS = 1_000_000
 def test_audit_log_records_every_outcome_and_event(tmp_path):
     g = SafetyGuard(SafetyLimits(), "dbs")
     path = tmp_path / "audit.jsonl"
-    with AuditLog(path, flush_every=4) as log:
+    with AuditLog(path) as log:
         log.record(g.process(DBSCommand(amplitude_ma=1.0), 0))  # refused: disarmed
         g.arm()
         log.event("arm", 1, user="tester")
@@ -30,6 +30,21 @@ def test_audit_log_records_every_outcome_and_event(tmp_path):
     sent = [r for r in rows if r.get("status") == "clamped"]
     assert all(command_from_dict(r["command"]).amplitude_ma <= 3.5 for r in sent)
     assert any("amplitude_ma 9 clamped to 3.5" in x for r in sent for x in r["reasons"])
+
+
+def test_audit_log_collapses_repeats_and_writes_off_the_caller(tmp_path):
+    g = SafetyGuard(SafetyLimits(), "dbs")
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, flush_interval_s=0.05)
+    for k in range(1000):  # disarmed: the same refusal every bin
+        log.record(g.process(DBSCommand(amplitude_ma=1.0), k * MS))
+    log.event("arm", 1000 * MS)
+    log.close()
+    rows = read_audit(path)
+    assert [r.get("status", r.get("event")) for r in rows] == ["refused", "refused", "arm"]
+    assert rows[1]["repeated"] == 999 and rows[1]["t_ns"] == 999 * MS
+    assert read_audit(path, last=2) == rows[1:]
+    assert read_audit(path, last=10) == rows
 
 
 def test_watchdog_edges():
