@@ -118,13 +118,13 @@ def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulatio
         return MotorCortexSim(units=units, seed=seed, baseline_hz=baseline_hz,
                               modulation_hz=modulation_hz)
     if kind == "parkinson":
-        from sources.parkinson import ParkinsonianSource
+        from sources.parkinson import ParkinsonSim
 
-        return ParkinsonianSource(units=units, seed=seed)
+        return ParkinsonSim(units=units, seed=seed)
     if kind == "opsin":
-        from sources.opsin import OpsinSource
+        from sources.opsin import OpsinSim
 
-        return OpsinSource(units=units, seed=seed)
+        return OpsinSim(units=units, seed=seed)
     raise typer.BadParameter(f"unknown source {kind!r}: use motor, parkinson or opsin")
 
 

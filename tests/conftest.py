@@ -120,13 +120,16 @@ class SimThread:
     on the same socket after a given step.
     """
 
-    def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None):
+    def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
+                 source=None, stim_endpoint: str | None = None):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
         self.port = port or free_port()
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        self.sim = MotorCortexSim(units=units, seed=seed)
+        self.sim = source or MotorCortexSim(units=units, seed=seed)
+        units = self.sim.channels
+        self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop
         self.pub = SpikePublisher(self.endpoint, units)
         self.inject = inject
         self.steps = 0
@@ -142,7 +145,8 @@ class SimThread:
         from clients.simrunner import run_source
 
         self.steps = run_source(self.sim, self.pub, 1.0, realtime=True,
-                                should_stop=self._stop.is_set, on_step=self._on_step)
+                                should_stop=self._stop.is_set, on_step=self._on_step,
+                                stim_endpoint=self.stim_endpoint)
 
     def __enter__(self) -> SimThread:
         self.thread.start()
