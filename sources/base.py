@@ -50,3 +50,35 @@ class SimSource(ABC):
             counts[b] = np.bincount(s.ids, minlength=self.channels)
             truth[b] = s.truth
         return counts, truth
+
+
+class EventDraws:
+    """Collects Poisson spike draws over sub-steps and returns them merged in time order.
+
+    Every source draws the same way (a count per unit from its rate over the
+    sub-step, then uniform times inside it), so the statistics and the random
+    stream stay comparable across sources.
+    """
+
+    def __init__(self, rng: np.random.Generator, channels: int):
+        self.rng = rng
+        self._all = np.arange(channels, dtype=np.uint32)
+        self._ids: list[np.ndarray] = []
+        self._times: list[np.ndarray] = []
+
+    def draw(self, rates_hz: np.ndarray, t_ns: int, width_ns: int) -> None:
+        n = self.rng.poisson(rates_hz * (width_ns / 1e9))
+        total = int(n.sum())
+        if total:
+            self._ids.append(np.repeat(self._all, n))
+            self._times.append(t_ns + self.rng.integers(0, width_ns, total))
+
+    def take(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids uint32, times int64) sorted by time; resets the collector."""
+        if not self._ids:
+            return np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        ids = np.concatenate(self._ids)
+        times = np.concatenate(self._times).astype(np.int64)
+        self._ids, self._times = [], []
+        order = np.argsort(times, kind="stable")
+        return ids[order], times[order]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import SimSource, Step
+from .base import EventDraws, SimSource, Step
 
 NS = 1_000_000_000
 
@@ -45,6 +45,7 @@ class MotorCortexSim(SimSource):
         self.cfg = cfg
         self.channels = cfg.units
         self.rng = np.random.default_rng(cfg.seed)
+        self._draws = EventDraws(self.rng, cfg.units)
         n = cfg.units
         self.pd = self.rng.uniform(0, 2 * np.pi, n)
         self.base = cfg.baseline_hz * self.rng.uniform(0.5, 1.5, n)
@@ -102,26 +103,14 @@ class MotorCortexSim(SimSource):
     def advance(self, dt_ns: int) -> Step:
         sub = self.cfg.substep_ns
         t0 = self.t_ns
-        ids_parts, time_parts = [], []
         t = t0
         while t < t0 + dt_ns:
             width = min(sub, t0 + dt_ns - t)
-            lam = self.rates(self._kinematics(t + width // 2)) * (width / NS)
-            n = self.rng.poisson(lam)
-            total = int(n.sum())
-            if total:
-                ids_parts.append(np.repeat(np.arange(self.channels, dtype=np.uint32), n))
-                time_parts.append(t + self.rng.integers(0, width, total))
+            self._draws.draw(self.rates(self._kinematics(t + width // 2)), t, width)
             t += width
         self.t_ns = t0 + dt_ns
         truth = self._kinematics(self.t_ns)
-        if ids_parts:
-            ids = np.concatenate(ids_parts)
-            times = np.concatenate(time_parts).astype(np.int64)
-            order = np.argsort(times, kind="stable")
-            ids, times = ids[order], times[order]
-        else:
-            ids, times = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        ids, times = self._draws.take()
         return Step(ids, times, truth, self.t_ns)
 
     def counts(self, n_bins: int, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:

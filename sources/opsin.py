@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SimSource, Step
+from .base import EventDraws, SimSource, Step
 
 NS = 1_000_000_000
 MS = 1_000_000
@@ -60,6 +60,7 @@ class OpsinSim(SimSource):
         self.cfg = cfg
         self.channels = cfg.units
         self.rng = np.random.default_rng(cfg.seed)
+        self._draws = EventDraws(self.rng, cfg.units)
         n = cfg.units
         self.ensemble = list(range(cfg.expressing))
         self.base = cfg.base_hz * self.rng.uniform(0.6, 1.4, n)
@@ -131,23 +132,12 @@ class OpsinSim(SimSource):
 
     def advance(self, dt_ns: int) -> Step:
         t0, end = self.t_ns, self.t_ns + dt_ns
-        ids_parts, time_parts = [], []
         while self.t_ns < end:
             t = self.t_ns
             width = min(self.cfg.substep_ns, end - t)
-            n = self.rng.poisson(self._substep(width) * (width / NS))
-            total = int(n.sum())
-            if total:
-                ids_parts.append(np.repeat(np.arange(self.channels, dtype=np.uint32), n))
-                time_parts.append(t + self.rng.integers(0, width, total))
+            self._draws.draw(self._substep(width), t, width)  # _substep moves the clock
         self.t_ns = t0 + dt_ns
-        if ids_parts:
-            ids = np.concatenate(ids_parts)
-            times = np.concatenate(time_parts).astype(np.int64)
-            order = np.argsort(times, kind="stable")
-            ids, times = ids[order], times[order]
-        else:
-            ids, times = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        ids, times = self._draws.take()
         return Step(ids, times, self._truth(), self.t_ns)
 
     def counts(self, n_bins: int, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import SimSource, Step
+from .base import EventDraws, SimSource, Step
 
 NS = 1_000_000_000
 
@@ -59,6 +59,7 @@ class ParkinsonSim(SimSource):
         self.cfg = cfg
         self.channels = cfg.units
         self.rng = np.random.default_rng(cfg.seed)
+        self._draws = EventDraws(self.rng, cfg.units)
         n = cfg.units
         self.omega = 2 * np.pi * self.rng.normal(cfg.beta_hz, cfg.beta_sd_hz, n)
         self.theta = self.rng.uniform(0, 2 * np.pi, n)
@@ -110,23 +111,12 @@ class ParkinsonSim(SimSource):
     def advance(self, dt_ns: int) -> Step:
         sub = self.cfg.substep_ns
         t0, t = self.t_ns, self.t_ns
-        ids_parts, time_parts = [], []
         while t < t0 + dt_ns:
             width = min(sub, t0 + dt_ns - t)
-            n = self.rng.poisson(self._substep(width / NS) * (width / NS))
-            total = int(n.sum())
-            if total:
-                ids_parts.append(np.repeat(np.arange(self.channels, dtype=np.uint32), n))
-                time_parts.append(t + self.rng.integers(0, width, total))
+            self._draws.draw(self._substep(width / NS), t, width)
             t += width
         self.t_ns = t0 + dt_ns
-        if ids_parts:
-            ids = np.concatenate(ids_parts)
-            times = np.concatenate(time_parts).astype(np.int64)
-            order = np.argsort(times, kind="stable")
-            ids, times = ids[order], times[order]
-        else:
-            ids, times = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        ids, times = self._draws.take()
         return Step(ids, times, self._truth(), self.t_ns)
 
     def counts(self, n_bins: int, bin_ns: int) -> tuple[np.ndarray, np.ndarray]:
