@@ -216,7 +216,7 @@ def summarise(samples: list[dict], sids: list[str], warmup: int) -> dict:
     firsts = [p["p99_first_us"] for p in per.values()]
     lasts = [p["p99_last_us"] for p in per.values()]
     return {
-        "sessions": per,
+        "per_session": per,
         "memory_growth_pct": max(p["memory_growth_pct"] for p in per.values()),
         "memory_growth_second_half_pct": max(p["memory_growth_second_half_pct"]
                                              for p in per.values()),
@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'min':>5} {'server MB':>9}  " + "  ".join(
         f"{'s' + str(i) + ' MB':>8} {'p99 us':>7} {'missed':>6}" for i in range(a.sessions)),
         flush=True)
+    error = ""
     try:
         soak.start()
         t0 = time.monotonic()
@@ -277,14 +278,22 @@ def main(argv: list[str] | None = None) -> int:
             for sid in soak.sids:
                 if rss_kb(soak.pids[sid]) is None:
                     raise RuntimeError(f"session {sid} process is gone")
+    except Exception as exc:  # keep what was measured up to the failure
+        error = f"{type(exc).__name__}: {exc}"
+        print(f"soak stopped early: {error}", file=sys.stderr)
     finally:
         soak.stop()
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
-    summary = summarise(samples, soak.sids, a.warmup_windows)
     result = {"bench": "soak", "minutes": a.minutes, "sessions": a.sessions, "bin_ms": a.bin_ms,
               "units": a.units, "decoder": a.decoder, "window_s": a.window_s,
-              "warmup_windows": a.warmup_windows, **summary, "samples": samples}
+              "warmup_windows": a.warmup_windows, "error": error, "samples": samples}
+    if len(samples) < a.warmup_windows + 2:
+        if a.json:
+            a.json.write_text(json.dumps(result, indent=1))
+        return 1
+    summary = summarise(samples, soak.sids, a.warmup_windows)
+    result |= summary
     print(f"\nmemory growth after warm-up: sessions max {summary['memory_growth_pct']}% "
           f"(second half {summary['memory_growth_second_half_pct']}%), server "
           f"{summary['server_memory_growth_pct']}%")
@@ -294,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(drift {summary['p99_drift_pct']}%)")
     if a.json:
         a.json.write_text(json.dumps(result, indent=1))
-    return 0
+    return 1 if error else 0
 
 
 if __name__ == "__main__":
