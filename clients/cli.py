@@ -383,7 +383,10 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
 
 @app.command()
 def models(data_dir: Path = typer.Option(DEFAULT_DATA)):
-    """List the models in the store."""
+    """List the models in the store (name, type, inputs, bin width, test R²).
+
+    Example: spikeloop models --data-dir var
+    """
     from decoders.store import ModelStore
 
     for m in ModelStore(data_dir / "models").list():
