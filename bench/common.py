@@ -195,6 +195,16 @@ class Server:
         self.stop()
 
 
+def set_realtime(pid: int, priority: int) -> None:
+    """SCHED_FIFO at ``priority`` for every thread of ``pid`` (needs CAP_SYS_NICE).
+
+    A measurement aid, not service behaviour: it shows how much of the tail is other
+    processes preempting the session (including libzmq's I/O thread) on a shared machine.
+    """
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
+
+
 def wait_running(c, sid: str, keep_feeding, timeout_s: float = 120) -> None:
     """Call ``keep_feeding()`` (send a bin, pace) until the session has calibrated."""
     deadline = time.monotonic() + timeout_s

@@ -14,7 +14,9 @@ stim command of the bin it closes, so we measure, per bin:
 ``missed_bins`` counts bins whose stim command did not arrive within one bin
 width. ``--api-load RPS`` adds a separate process polling the session's status
 over REST at that rate. ``--transport ipc`` puts the source, the session's
-output and the floor on ipc:// instead of tcp://127.0.0.1.
+output and the floor on ipc:// instead of tcp://127.0.0.1; ``--rt-priority N``
+runs the session process under SCHED_FIFO (needs root) to show how much of the
+tail is other processes on the machine.
 
     .venv/bin/python bench/e2e_latency.py --channels 1024 --decoder snn --bin-ms 1 --seconds 60
 """
@@ -39,6 +41,7 @@ from common import (  # noqa: E402
     measure_floor,
     now_ns,
     percentiles,
+    set_realtime,
     sleep_until,
     stage_means,
     start_api_load,
@@ -51,7 +54,7 @@ from sources.motor import MotorCortexSim  # noqa: E402
 
 # ---------------------------------------------------------------------------- main run
 def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: float,
-        warmup_s: float = 3.0, transport: str = "tcp") -> dict:
+        warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0) -> dict:
     eps = Endpoints(transport)
     server = Server()
     ctx = zmq.Context.instance()
@@ -75,6 +78,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "output": {"heartbeat_ms": 100, "endpoint": eps.output()},
         })
         sid = s["id"]
+        if rt_priority:
+            set_realtime(s["pid"], rt_priority)
         stim = ctx.socket(zmq.SUB)
         stim.setsockopt(zmq.SUBSCRIBE, b"stim")
         stim.connect(s["output_endpoint"])
@@ -147,7 +152,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         missed = int(np.count_nonzero((client < 0) | (client > bin_ns)))
         res = {
             "channels": channels, "bin_ms": bin_ms, "decoder": decoder, "bins": n_bins,
-            "missed_bins": missed, "transport": transport,
+            "missed_bins": missed, "transport": transport, "rt_priority": rt_priority,
             **percentiles(internal),
             **percentiles(got, "client_"),
             **percentiles(floor, "floor_"),
@@ -183,7 +188,8 @@ def print_table(res: dict) -> None:
     print(f"\n{res['channels']} channels, {res['bin_ms']} ms bins, {res['decoder']} decoder, "
           f"{res['bins']} bins, missed {res['missed_bins']}"
           + (f", API load {res['api_load_rps']} req/s" if res["api_load_rps"] else "")
-          + f", {res['transport']}")
+          + f", {res['transport']}" + (f", SCHED_FIFO {res['rt_priority']}"
+                                       if res["rt_priority"] else ""))
     print(f"{'':40s} {'p50 us':>9s} {'p99 us':>9s} {'p99.9 us':>9s} {'max us':>9s}")
     for name, k in rows:
         print(f"{name:40s} {res[k + 'p50_us']:9.1f} {res[k + 'p99_us']:9.1f} "
@@ -206,11 +212,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                  "process")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="source, output and floor on tcp://127.0.0.1 or ipc:// (same run)")
+    ap.add_argument("--rt-priority", type=int, default=0,
+                    help="put the session process under SCHED_FIFO at this priority (root)")
     ap.add_argument("--quick", action="store_true", help="10 s of measurement")
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args(argv)
     seconds = min(a.seconds, 10.0) if a.quick else a.seconds
-    res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport)
+    res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
+              rt_priority=a.rt_priority)
     print_table(res)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

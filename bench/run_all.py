@@ -5,7 +5,8 @@ limit, its output in ``<json dir>/logs/NAME.log``), so a crash or a hang in
 one is recorded in the JSON as ``{"error": ...}`` and the others still run.
 The end-to-end latency grid is 96/256/1024 channels x Kalman/SNN x 1/20 ms
 bins, plus 1024 channels/SNN/1 ms under 200 REST requests/s and the same
-config over ipc:// (the transport comparison, in the same run).
+config over ipc:// (the transport comparison, in the same run) and, as root,
+under SCHED_FIFO (how much of the tail other processes cause).
 
     .venv/bin/python bench/run_all.py --quick            # about 15 minutes
     .venv/bin/python bench/run_all.py                    # 60 s per latency point
@@ -48,6 +49,9 @@ def jobs(quick: bool, long: bool) -> list[tuple[str, str, list[str], float]]:
             "--seconds", str(secs)]
     out.append(("e2e_latency", f"{HEADLINE}-api200", [*head, "--api-load", "200"], secs + 300))
     out.append(("e2e_latency", f"{HEADLINE}-ipc", [*head, "--transport", "ipc"], secs + 300))
+    if os.geteuid() == 0:  # the same under SCHED_FIFO: how much of the tail is the machine
+        out.append(("e2e_latency", f"{HEADLINE}-fifo", [*head, "--rt-priority", "50"],
+                    secs + 300))
     out += [("throughput", "", ["throughput.py", *q], 900 if quick else 3600),
             ("decoders", "", ["decoders.py", *q], 1200 if quick else 7200),
             ("closed_loop", "", ["closed_loop.py", *q], 900 if quick else 3600),
