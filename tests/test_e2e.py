@@ -45,7 +45,10 @@ def _r2(pred, true):
 def test_session_decodes_simulated_reaching_end_to_end(server):
     c = server.client()
     with SimThread(units=96, seed=3) as sim:
-        s = c.create_session(_session_config(sim.endpoint))
+        # 20 ms bins, 20 s of calibration, 1000 scored bins: offline, over 30 random start
+        # offsets, this gives velocity R² >= 0.68 (10 ms / 8 s gave a median of 0.38).
+        s = c.create_session(_session_config(
+            sim.endpoint, bin_ms=20.0, decoder={"type": "kalman", "calibration_s": 20.0}))
         assert s["state"] == "created"
         s = c.start(s["id"])
         assert s["state"] == "calibrating"
@@ -53,8 +56,8 @@ def test_session_decodes_simulated_reaching_end_to_end(server):
         pred, true = [], []
         try:
             while len(pred) < 1000:
-                u = sc.recv(timeout_ms=30_000)
-                assert u is not None, "no decoded output within 30 s"
+                u = sc.recv(timeout_ms=60_000)
+                assert u is not None, "no decoded output within 60 s"
                 if u.truth is not None:
                     pred.append(u.decoded[2:4])
                     true.append(u.truth[2:4])
