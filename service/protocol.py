@@ -51,10 +51,12 @@ REJECT_REASONS = (
     "wrong_stream",
     "channel_mismatch",
     "bin_mismatch",
+    "event_time",
 )
 
 MAX_CHANNELS = 65536
 MAX_BIN_NS = 60 * 1_000_000_000  # a counts frame wider than a minute is not a bin
+MAX_TIME_NS = 1 << 62  # ~146 years of source clock; keeps all time arithmetic in int64
 
 
 class ProtocolError(ValueError):
@@ -214,6 +216,9 @@ def _header(raw: memoryview) -> Header:
         raise ProtocolError("header_invalid", "'x' must be a map")
     if h.seq < 0 or h.n < 0 or h.bin_ns < 0:
         raise ProtocolError("header_invalid", "seq, n and bin_ns must be >= 0")
+    if not 0 <= h.t_ns < MAX_TIME_NS or h.seq >= MAX_TIME_NS:
+        raise ProtocolError("header_invalid", f"t_ns and seq must be in 0..2^62, got "
+                                              f"t_ns={h.t_ns} seq={h.seq}")
     if not 0 <= h.channels <= MAX_CHANNELS:
         raise ProtocolError("header_invalid", f"ch={h.channels} outside 0..{MAX_CHANNELS}")
     return h
@@ -254,10 +259,15 @@ def decode(frames: list[Any]) -> Message:
             raise ProtocolError("header_invalid", "events need ch >= 1")
         ids = _array(_as_bytes(frames[2]), h.dtype, h.n, "ids")
         times = _array(_as_bytes(frames[3]), "<i8", h.n, "times")
-        if h.n and int(ids.max()) >= h.channels:
-            raise ProtocolError(
-                "channel_range", f"channel id {int(ids.max())} >= channel count {h.channels}"
-            )
+        if h.n:
+            if int(ids.max()) >= h.channels:
+                raise ProtocolError(
+                    "channel_range", f"channel id {int(ids.max())} >= channel count {h.channels}"
+                )
+            lo, hi = int(times.min()), int(times.max())
+            if lo < 0 or hi > h.t_ns:
+                raise ProtocolError("event_time", f"spike times {lo}..{hi} ns must lie in "
+                                                  f"0..t_ns={h.t_ns} (t_ns is the watermark)")
         msg.ids, msg.times = ids, times
     elif h.kind in (KIND_COUNTS, KIND_DECODED, KIND_BEHAVIOR):
         if len(frames) != 3:

@@ -197,3 +197,12 @@ def test_without_epochs_seq_zero_means_restart_and_old_seq_is_a_duplicate():
     assert not tr.is_restart(P.Header(P.KIND_EVENTS, "s", 3, 5))
     with pytest.raises(P.ProtocolError):
         tr.check(P.Header(P.KIND_EVENTS, "s", 3, 5))
+
+
+def test_event_times_must_lie_before_the_watermark_and_clock_fit_in_int64():
+    f = P.encode_events(b"spikes", "s", 0, 100, 4, np.array([1, 2]), np.array([50, 150]))
+    assert _reason(f) == "event_time"
+    f = P.encode_events(b"spikes", "s", 0, 100, 4, np.array([1]), np.array([-5]))
+    assert _reason(f) == "event_time"
+    assert _reason(_with_header(_events(), t_ns=2**64 - 1)) == "header_invalid"
+    assert _reason(_with_header(_events(), seq=2**63)) == "header_invalid"
