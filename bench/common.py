@@ -195,16 +195,6 @@ class Server:
         self.stop()
 
 
-def set_realtime(pid: int, priority: int) -> None:
-    """SCHED_FIFO at ``priority`` for every thread of ``pid`` (needs CAP_SYS_NICE).
-
-    A measurement aid, not service behaviour: it shows how much of the tail is other
-    processes preempting the session (including libzmq's I/O thread) on a shared machine.
-    """
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        os.sched_setscheduler(int(tid), os.SCHED_FIFO, os.sched_param(priority))
-
-
 def wait_running(c, sid: str, keep_feeding, timeout_s: float = 120) -> None:
     """Call ``keep_feeding()`` (send a bin, pace) until the session has calibrated."""
     deadline = time.monotonic() + timeout_s
@@ -227,8 +217,17 @@ def stage_means(metrics: dict) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------- floor
-def _echo(in_ep: str, out_ep: str) -> None:
+def set_fifo(priority: int, children_too: bool) -> None:
+    """SCHED_FIFO for this process (needs root or CAP_SYS_NICE). Without ``children_too``
+    the processes it starts (server, sessions, load) keep the normal policy."""
+    policy = os.SCHED_FIFO if children_too else os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
+    os.sched_setscheduler(0, policy, os.sched_param(priority))
+
+
+def _echo(in_ep: str, out_ep: str, rt_priority: int = 0) -> None:
     """Echo process for the floor: SUB everything on ``in_ep``, PUB it back on ``out_ep``."""
+    if rt_priority:  # the floor runs under the same policy as the session it is compared to
+        set_fifo(rt_priority, children_too=True)
     ctx = zmq.Context()
     sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
@@ -239,7 +238,8 @@ def _echo(in_ep: str, out_ep: str) -> None:
         pub.send_multipart(sub.recv_multipart(copy=False), copy=False)
 
 
-def measure_floor(frames: list[bytes], n: int = 3000, transport: str = "tcp") -> np.ndarray:
+def measure_floor(frames: list[bytes], n: int = 3000, transport: str = "tcp",
+                  rt_priority: int = 0) -> np.ndarray:
     """Raw ZeroMQ round trips (PUB -> echo process -> PUB) of ``frames``, in ns.
 
     The same hop count as a session (source -> process -> stimulator) with zero work
@@ -250,7 +250,7 @@ def measure_floor(frames: list[bytes], n: int = 3000, transport: str = "tcp") ->
     a, b = eps.new("fa"), eps.new("fb")
     pub = ctx.socket(zmq.PUB)
     pub.bind(a)
-    proc = subprocess.Popen([sys.executable, HERE, "--echo", a, b])
+    proc = subprocess.Popen([sys.executable, HERE, "--echo", a, b, str(rt_priority)])
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(b)
@@ -368,7 +368,7 @@ def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:
 def helper_main(argv: list[str]) -> bool:
     """Run a helper process if ``argv`` asks for one; True when it did."""
     if argv[:1] == ["--echo"]:
-        _echo(argv[1], argv[2])
+        _echo(argv[1], argv[2], int(argv[3]) if len(argv) > 3 else 0)
     elif argv[:1] == ["--load"]:
         _api_load(argv[1], float(argv[2]), float(argv[3]))
     elif argv[:1] == ["--sink"]:

@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     measure_floor,
     now_ns,
     percentiles,
-    set_realtime,
+    set_fifo,
     sleep_until,
     stage_means,
     start_api_load,
@@ -76,10 +76,9 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "decoder": {"type": decoder, "calibration_s": cal_s, "params": params},
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
             "output": {"heartbeat_ms": 100, "endpoint": eps.output()},
+            "rt_priority": rt_priority or None,
         })
         sid = s["id"]
-        if rt_priority:
-            set_realtime(s["pid"], rt_priority)
         stim = ctx.socket(zmq.SUB)
         stim.setsockopt(zmq.SUBSCRIBE, b"stim")
         stim.connect(s["output_endpoint"])
@@ -147,12 +146,13 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         metrics = c.metrics(sid)
         frame_example = [bytes(f) for f in P.encode_events(
             b"spikes", "bench", 0, 0, channels, *_typical(sim, bin_ns))]
-        floor = measure_floor(frame_example, transport=transport)
+        floor = measure_floor(frame_example, transport=transport, rt_priority=rt_priority)
         got = client[client >= 0]
         missed = int(np.count_nonzero((client < 0) | (client > bin_ns)))
         res = {
             "channels": channels, "bin_ms": bin_ms, "decoder": decoder, "bins": n_bins,
             "missed_bins": missed, "transport": transport, "rt_priority": rt_priority,
+            "scheduling": (c.session(sid)["live"] or {}).get("scheduling"),
             **percentiles(internal),
             **percentiles(got, "client_"),
             **percentiles(floor, "floor_"),
@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args(argv)
     seconds = min(a.seconds, 10.0) if a.quick else a.seconds
+    if a.rt_priority:
+        # The acquisition/stimulator side (this process) and the floor's echo process run
+        # real-time too, as in a real rig; the server and its sessions are not made RT by
+        # inheritance (only the session's own rt_priority setting does that).
+        set_fifo(max(1, a.rt_priority - 1), children_too=False)
     res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
               rt_priority=a.rt_priority)
     print_table(res)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from stim.limits import SafetyLimits
 
@@ -113,6 +113,16 @@ class SessionConfig(BaseModel):
     cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")
     spin: bool = Field(False, description="Busy-poll the input instead of blocking: lowest "
                                           "latency, costs a whole core")
+    rt_priority: int | None = Field(
+        None, ge=1, le=99,
+        description="Run the session process (and libzmq's I/O thread) under SCHED_FIFO at "
+                    "this priority; needs root or CAP_SYS_NICE, else the session says so")
+
+    @model_validator(mode="after")
+    def _no_realtime_spin(self) -> SessionConfig:
+        if self.spin and self.rt_priority:
+            raise ValueError("spin with rt_priority would starve the CPU it runs on: pick one")
+        return self
 
     @property
     def bin_ns(self) -> int:

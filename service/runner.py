@@ -55,6 +55,7 @@ class SessionRunner:
         self.state = "created"
         self.error = ""
         self.degraded = False  # the decoder or policy failed at least once: stim went safe
+        self.scheduling = "SCHED_OTHER"
         self.metrics = SessionMetrics()
         self.tracker = P.SequenceTracker(int(config.source.timestamp_tolerance_ms * 1e6))
         self.pipeline: LoopPipeline = build_pipeline(config, None)
@@ -165,8 +166,6 @@ class SessionRunner:
 
     # ================================================================== loop
     def run(self) -> None:
-        if self.cfg.cpu is not None and hasattr(os, "sched_setaffinity"):
-            os.sched_setaffinity(0, {self.cfg.cpu})
         gc.collect()
         if self.cfg.gc_freeze:
             gc.freeze()  # start-up objects are never scanned again: shorter pauses
@@ -462,6 +461,7 @@ class SessionRunner:
             "state": self.state,
             "error": self.error,
             "degraded": self.degraded,
+            "scheduling": self.scheduling,
             "pid": os.getpid(),
             "output_endpoint": self.output_endpoint,
             "public_key": self.public_key,
@@ -518,6 +518,34 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
+def set_scheduling(cpu: int | None, rt_priority: int | None) -> str:
+    """Pin and/or raise the process before any ZeroMQ context exists.
+
+    Threads inherit both, so libzmq's I/O thread (which carries every send) gets
+    them too. Refusal (no CAP_SYS_NICE) is reported, not fatal: the loop still
+    runs, and the status says under which policy.
+    """
+    notes = []
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(0, {cpu})
+            notes.append(f"cpu {cpu}")
+        except OSError as exc:
+            notes.append(f"cpu {cpu} refused ({exc.strerror})")
+    if rt_priority:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
+            notes.append(f"SCHED_FIFO {rt_priority}")
+        except OSError as exc:
+            notes.append(f"SCHED_OTHER: SCHED_FIFO {rt_priority} refused ({exc.strerror}); "
+                         "grant CAP_SYS_NICE or run as root")
+    else:
+        notes.append("SCHED_OTHER")
+    text = ", ".join(notes)
+    print(f"[session] scheduling: {text}", file=sys.stderr, flush=True)
+    return text
+
+
 def _software_versions() -> dict[str, str]:
     import torch
 
@@ -551,10 +579,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cfg = SessionConfig.model_validate_json(a.config.read_text())
+    scheduling = set_scheduling(cfg.cpu, cfg.rt_priority)
     runner = None
     try:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
                                a.keys_dir, a.audit_dir)
+        runner.scheduling = scheduling
 
         def _term(signum, frame):  # graceful stop on SIGTERM/SIGINT
             runner.stop_requested = True
