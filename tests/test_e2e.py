@@ -166,6 +166,9 @@ def test_invalid_payloads_and_unknown_ids_get_clear_errors(server):
                                                "max_pulse_width_us": 100}}})
     assert e.value.status == 422
     with pytest.raises(ControlError) as e:
+        c.create_session({"spin": True, "rt_priority": 50})
+    assert e.value.status == 422 and "starve" in str(e.value)
+    with pytest.raises(ControlError) as e:
         c.start("doesnotexist")
     assert e.value.status == 404 and "GET /sessions" in str(e.value)
     s = c.create_session({})
