@@ -17,6 +17,7 @@ import zmq
 
 from service import protocol as P
 from service.curve import connect_curve
+from stim.watchdog import Watchdog
 
 
 class StimulatorLink:
@@ -24,7 +25,7 @@ class StimulatorLink:
                  on_command: Callable[[dict[str, Any]], None] | None = None,
                  on_safe: Callable[[str], None] | None = None,
                  server_public_key: str | None = None, secret_file: str | None = None):
-        self.deadline_ns = int(deadline_ms * 1e6)
+        self.watchdog = Watchdog(int(deadline_ms * 1e6))  # the same deadline logic as the loop
         self.on_command = on_command or (lambda cmd: None)
         self.on_safe = on_safe or (lambda reason: None)
         self.socket = zmq.Context.instance().socket(zmq.SUB)
@@ -34,7 +35,6 @@ class StimulatorLink:
         for t in (b"stim", b"heartbeat"):
             self.socket.setsockopt(zmq.SUBSCRIBE, t)
         self.socket.connect(endpoint)
-        self.last_heard_ns: int | None = None
         self.lost = False
         self.commands = 0
         self.current: dict[str, Any] | None = None
@@ -49,7 +49,7 @@ class StimulatorLink:
             except P.ProtocolError:
                 self.rejected += 1  # a corrupt command is never applied
                 continue
-            self.last_heard_ns = time.monotonic_ns()
+            self.watchdog.feed(time.monotonic_ns())
             self.lost = False
             if msg.header.kind == P.KIND_STIM:
                 cmd = msg.header.extra.get("cmd")
@@ -59,14 +59,18 @@ class StimulatorLink:
                     self.on_command(cmd)
         self._check_deadline()
 
+    @property
+    def last_heard_ns(self) -> int | None:
+        return self.watchdog.last_feed_ns
+
     def _check_deadline(self) -> None:
-        if self.lost or self.last_heard_ns is None:
+        now = time.monotonic_ns()
+        if self.lost or not self.watchdog.expired(now):
             return
-        silent = time.monotonic_ns() - self.last_heard_ns
-        if silent > self.deadline_ns:
-            self.lost = True
-            self.current = None
-            self.on_safe(f"no heartbeat or command for {silent / 1e6:.0f} ms")
+        self.lost = True
+        self.current = None
+        silent = now - self.watchdog.last_feed_ns
+        self.on_safe(f"no heartbeat or command for {silent / 1e6:.0f} ms")
 
     def close(self) -> None:
         self.socket.close(0)
