@@ -32,6 +32,7 @@ from decoders.base import Decoder, build_decoder
 from stim.audit import AuditLog
 from stim.commands import command_to_dict
 from stim.guard import Outcome
+from stim.watchdog import Watchdog
 
 from . import protocol as P
 from .config import SessionConfig
@@ -70,8 +71,9 @@ class SessionRunner:
         self._fit_thread: threading.Thread | None = None
         self._fitted: Decoder | None = None
         self._fit_error = ""
-        self._last_bin_wall = now_ns()
-        self._watchdog_tripped = False
+        # Wall clock (never the source clock): fed by every decoded bin, checked each beat.
+        self.watchdog = Watchdog(int(config.stim.limits.watchdog_ms * 1e6))
+        self.watchdog.feed(now_ns())
         self._last_cmd_obj: Any = None
         self._last_cmd_dict: dict | None = None
         self._out_seq = 0
@@ -253,8 +255,7 @@ class SessionRunner:
         m = self.metrics
         t_done = now_ns()
         m.stages["decode"].observe_ns(t_done - t0)  # decode + policy + guard
-        self._last_bin_wall = t_done
-        self._watchdog_tripped = False
+        self.watchdog.feed(t_done)
         m.counters["bins"] += 1
         if r.error:
             m.counters["decoder_errors"] += 1
@@ -322,12 +323,13 @@ class SessionRunner:
 
     # ================================================================== safety
     def _check_watchdog(self, t: int) -> None:
-        deadline = int(self.pipeline.guard.limits.watchdog_ms * 1e6)
-        if self._watchdog_tripped or t - self._last_bin_wall <= deadline:
+        wd = self.watchdog
+        wd.deadline_ns = int(self.pipeline.guard.limits.watchdog_ms * 1e6)  # limits may change
+        trips = wd.trips
+        if not wd.check(t) or wd.trips == trips:  # not expired, or this expiry already handled
             return
-        self._watchdog_tripped = True
         self.metrics.counters["watchdog_trips"] += 1
-        self._fail_safe(f"watchdog: no decoder update for {(t - self._last_bin_wall) / 1e6:.0f} ms",
+        self._fail_safe(f"watchdog: no decoder update for {(t - wd.last_feed_ns) / 1e6:.0f} ms",
                         keep_state=True)
 
     def _fail_safe(self, reason: str, keep_state: bool = False) -> None:
