@@ -185,7 +185,10 @@ class SessionRunner:
                         frames = ingest.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._on_frames(frames, now_ns())
+                    try:
+                        self._on_frames(frames, now_ns())
+                    except Exception as exc:  # a bug must not end the loop: safe, and say so
+                        self._frame_fault(frames, exc)
             if control in events:
                 self._on_control()
             t = now_ns()
@@ -322,6 +325,19 @@ class SessionRunner:
              "bins": self.metrics.counters["bins"]}))
 
     # ================================================================== safety
+    def _frame_fault(self, frames: list, exc: Exception) -> None:
+        """An unexpected error while handling an accepted frame: drive stim safe, keep going."""
+        m = self.metrics
+        m.counters["frame_errors"] += 1
+        self.degraded = True
+        self.error = f"internal error on a frame: {type(exc).__name__}: {exc}"
+        if m.counters["frame_errors"] <= 10:
+            traceback.print_exc()
+        if self.recorder is not None:
+            self.recorder.rejected(frames, "internal_error", now_ns())
+        self._fail_safe(self.error, keep_state=True)
+
+
     def _check_watchdog(self, t: int) -> None:
         wd = self.watchdog
         wd.deadline_ns = int(self.pipeline.guard.limits.watchdog_ms * 1e6)  # limits may change
@@ -604,6 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         status = {"id": a.id, "state": "failed", "error": f"{type(exc).__name__}: {exc}"}
         if runner is not None:
             runner.state, runner.error = "failed", status["error"]
+            try:  # the stimulator hears "disarmed, off" rather than only silence
+                runner._shutdown()
+            except Exception:
+                traceback.print_exc()
             status = runner.status()
         (a.run_dir / f"{a.id}.status.json").write_text(json.dumps(status, default=_jsonable))
         return 1

@@ -112,7 +112,7 @@ def test_malformed_frames_are_counted_and_decoding_goes_on(server):
         c.stop(sid)
 
 
-def test_stimulation_endpoints_need_the_stim_scope(server):
+def test_auth_stimulation_endpoints_need_the_stim_scope(server):
     c = server.client()
     with SimThread(units=96, seed=5) as sim:
         s = c.start(c.create_session(_session_config(

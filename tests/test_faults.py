@@ -315,3 +315,45 @@ def test_fault_stimulator_sink_unreachable_session_keeps_running_and_counts(serv
     assert row["state"] == "stopped"
     bins = list(read_log(row["recording"], {RecordType.BIN}))
     assert len(bins) >= live["bins"]
+
+
+def test_fault_internal_error_on_a_frame_is_contained(tmp_path):
+    """A bug hit by one frame drives stim safe and marks the session degraded; the loop lives."""
+    import threading
+
+    from service.runner import SessionRunner
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = SpikePublisher(ep, 96)
+    cfg = SessionConfig.model_validate(_cfg(ep, record=False,
+                                            decoder={"type": "kalman", "calibration_s": 0.3}))
+    runner = SessionRunner("inproc", cfg, f"ipc://{tmp_path}/ctl", tmp_path)
+    binner = runner.pipeline.binner
+    real_add, calls = binner.add_events, {"n": 0}
+
+    def flaky_add(*a):
+        calls["n"] += 1
+        if calls["n"] == 100:
+            raise RuntimeError("injected bug")
+        return real_add(*a)
+
+    binner.add_events = flaky_add
+    runner.start()
+    th = threading.Thread(target=runner.run, daemon=True)
+    th.start()
+    try:
+        rng = np.random.default_rng(1)
+        t = 0
+        for _ in range(400):
+            t += 10_000_000
+            pub.send_behavior(rng.normal(size=4), t, ["x", "y", "vx", "vy"])
+            pub.send_events(rng.integers(0, 96, 5), np.sort(rng.integers(t - 10**7, t, 5)), t)
+            time.sleep(0.002)
+        wait_for(lambda: runner.metrics.counters["bins"] >= 350, 20, "bins after the fault")
+    finally:
+        runner.stop_requested = True
+        th.join(10)
+        pub.close()
+    assert runner.metrics.counters["frame_errors"] == 1
+    assert runner.degraded and "injected bug" in runner.error
+    assert runner.state == "stopped" and not th.is_alive()
