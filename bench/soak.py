@@ -112,6 +112,8 @@ class Soak:
                  str(a.units), "--seed", str(100 + i), "--step-ms", "1"],
                 cwd=REPO, stdout=slog, stderr=subprocess.STDOUT, start_new_session=True))
             cfg = session_config(ep, i, a.bin_ms, a.units, a.decoder, a.calibration_s)
+            if a.rt_priority:
+                cfg["rt_priority"] = a.rt_priority
             sid = self._ok(self.http.post("/sessions", json=cfg))["id"]
             s = self._ok(self.http.post(f"/sessions/{sid}/start"))
             self.sids.append(sid)
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--decoder", default="kalman")
     ap.add_argument("--calibration-s", type=float, default=10.0)
     ap.add_argument("--keep", action="store_true", help="Keep the work dir (recordings, logs)")
+    ap.add_argument("--rt-priority", type=int, default=0,
+                    help="Run the sessions under SCHED_FIFO at this priority (needs root)")
     a = ap.parse_args(argv)
     if a.quick:
         a.minutes = 3.0
@@ -286,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
     result = {"bench": "soak", "minutes": a.minutes, "sessions": a.sessions, "bin_ms": a.bin_ms,
+              "rt_priority": a.rt_priority,
               "units": a.units, "decoder": a.decoder, "window_s": a.window_s,
               "warmup_windows": a.warmup_windows, "error": error, "samples": samples}
     if len(samples) < a.warmup_windows + 2:
