@@ -19,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 
 from decoders import build_decoder
 from decoders.metrics import r2_per_output
@@ -15,13 +14,7 @@ from sources.motor import MotorCortexSim
 BIN_NS = 50_000_000  # 50 ms bins: 2400 bins = 2 minutes of simulated time
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from decoders.store import ModelStore
 from decoders.train import train_model
 from sources.motor import MotorCortexSim
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Decoders run with one thread in the loop; spare OpenMP threads only spin here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
