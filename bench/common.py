@@ -195,6 +195,39 @@ class Server:
         self.stop()
 
 
+class SimFeeder:
+    """A simulated motor cortex published one bin at a time: behaviour, then spikes.
+
+    ``send()`` returns the send time of the spike frame (``now_ns``), which is
+    what client-view latencies are measured from.
+    """
+
+    NAMES = ["x", "y", "vx", "vy"]
+
+    def __init__(self, pub: zmq.Socket, channels: int, bin_ns: int, seed: int = 1):
+        from service import protocol as P
+        from sources.motor import MotorCortexSim
+
+        self._P = P
+        self.pub = pub
+        self.channels = channels
+        self.bin_ns = bin_ns
+        self.sim = MotorCortexSim(units=channels, seed=seed)
+        self.seq = 0
+
+    def send(self) -> int:
+        P, step = self._P, self.sim.advance(self.bin_ns)
+        self.pub.send_multipart(P.encode_array(b"behavior", P.KIND_BEHAVIOR, "bench", self.seq,
+                                               step.t_ns, step.truth,
+                                               extra={"names": self.NAMES}))
+        frames = P.encode_events(b"spikes", "bench", self.seq, step.t_ns, self.channels,
+                                 step.ids, step.times)
+        t0 = now_ns()
+        self.pub.send_multipart(frames, copy=False)
+        self.seq += 1
+        return t0
+
+
 def wait_running(c, sid: str, keep_feeding, timeout_s: float = 120) -> None:
     """Call ``keep_feeding()`` (send a bin, pace) until the session has calibrated."""
     deadline = time.monotonic() + timeout_s

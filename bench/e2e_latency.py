@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Endpoints,
     Server,
+    SimFeeder,
     helper_main,
     measure_floor,
     now_ns,
@@ -62,7 +63,6 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
     pub.setsockopt(zmq.SNDHWM, 100_000)
     src = eps.new("src")
     pub.bind(src)
-    sim = MotorCortexSim(units=channels, seed=1)
     bin_ns = int(bin_ms * 1e6)
     load = None
     try:
@@ -82,20 +82,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         stim = ctx.socket(zmq.SUB)
         stim.setsockopt(zmq.SUBSCRIBE, b"stim")
         stim.connect(s["output_endpoint"])
-        seq = 0
-        names = ["x", "y", "vx", "vy"]
-
-        def send_bin() -> int:
-            nonlocal seq
-            step = sim.advance(bin_ns)
-            pub.send_multipart(P.encode_array(b"behavior", P.KIND_BEHAVIOR, "bench", seq,
-                                              step.t_ns, step.truth, extra={"names": names}))
-            frames = P.encode_events(b"spikes", "bench", seq, step.t_ns, channels, step.ids,
-                                     step.times)
-            t0 = now_ns()
-            pub.send_multipart(frames, copy=False)
-            seq += 1
-            return t0
+        feeder = SimFeeder(pub, channels, bin_ns, seed=1)
+        send_bin = feeder.send
 
         def await_stim(for_seq: int, timeout_ns: int) -> int | None:
             deadline = now_ns() + timeout_ns
@@ -115,7 +103,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         def one_bin() -> None:
             nonlocal t_next
             send_bin()
-            await_stim(seq - 1, bin_ns)
+            await_stim(feeder.seq - 1, bin_ns)
             t_next += bin_ms / 1000
             sleep_until(t_next)
 
@@ -133,7 +121,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         t_next = time.perf_counter()
         for i in range(n_bins):
             t0 = send_bin()
-            t1 = await_stim(seq - 1, 2 * bin_ns)
+            t1 = await_stim(feeder.seq - 1, 2 * bin_ns)
             if t1 is not None:
                 client[i] = t1 - t0
             t_next += bin_ms / 1000
@@ -145,7 +133,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
                               np.int64)[-n_bins:]
         metrics = c.metrics(sid)
         frame_example = [bytes(f) for f in P.encode_events(
-            b"spikes", "bench", 0, 0, channels, *_typical(sim, bin_ns))]
+            b"spikes", "bench", 0, 0, channels, *_typical(feeder.sim, bin_ns))]
         floor = measure_floor(frame_example, transport=transport, rt_priority=rt_priority)
         got = client[client >= 0]
         missed = int(np.count_nonzero((client < 0) | (client > bin_ns)))

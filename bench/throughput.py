@@ -51,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     Endpoints,
     Server,
+    SimFeeder,
     helper_main,
     measure_floor,
     now_ns,
@@ -250,30 +251,19 @@ def concurrency(server: Server, c, eps: Endpoints, channels: int, decoder: str,
     pub.setsockopt(zmq.SNDHWM, 100_000)
     src = eps.new("shared")
     pub.bind(src)
-    sim = MotorCortexSim(units=channels, seed=2)
-    seq = 0
     sessions: list[str] = []
     socks: list[zmq.Socket] = []
     poller = zmq.Poller()
     t_next = time.perf_counter()
 
-    def send() -> int:
-        nonlocal seq
-        step = sim.advance(BIN_NS)
-        pub.send_multipart(P.encode_array(b"behavior", P.KIND_BEHAVIOR, "bench", seq,
-                                          step.t_ns, step.truth, extra={"names": NAMES}))
-        frames = P.encode_events(b"spikes", "bench", seq, step.t_ns, channels, step.ids,
-                                 step.times)
-        t0 = now_ns()
-        pub.send_multipart(frames, copy=False)
-        seq += 1
-        return t0
+    feeder = SimFeeder(pub, channels, BIN_NS, seed=2)
+    send = feeder.send
 
     def one_bin(record: np.ndarray | None = None, row: int = 0) -> None:
         """Send a frame, wait (up to 2 bins) for every session's stim command, pace."""
         nonlocal t_next
         t0 = send()
-        want = seq - 1
+        want = feeder.seq - 1
         left = set(range(len(socks)))
         deadline = t0 + 2 * BIN_NS
         while left and now_ns() < deadline:
