@@ -357,3 +357,35 @@ def test_fault_internal_error_on_a_frame_is_contained(tmp_path):
     assert runner.metrics.counters["frame_errors"] == 1
     assert runner.degraded and "injected bug" in runner.error
     assert runner.state == "stopped" and not th.is_alive()
+
+
+def test_fault_frames_from_another_stream_or_channel_count_are_rejected(tmp_path):
+    """The session's stream filter and channel count reject foreign frames by reason."""
+    import threading
+
+    from service.runner import SessionRunner
+
+    ep = f"tcp://127.0.0.1:{free_port()}"
+    pub = SpikePublisher(ep, 96, stream="rig2")
+    wide = SpikePublisher(f"tcp://127.0.0.1:{free_port()}", 128, stream="rig1")
+    cfg = SessionConfig.model_validate(_cfg(ep, record=False) | {
+        "source": {"endpoint": ep, "channels": 96, "stream": "rig1"}})
+    runner = SessionRunner("filter", cfg, f"ipc://{tmp_path}/ctl", tmp_path)
+    runner.ingest.connect(wide.endpoint)  # a second, wrongly sized source on the same socket
+    runner.start()
+    th = threading.Thread(target=runner.run, daemon=True)
+    th.start()
+    try:
+        def send_both():
+            pub.send_events(np.array([1]), np.array([0]), 1_000_000)
+            wide.send_events(np.array([1]), np.array([0]), 1_000_000)
+            return (runner.metrics.rejected["wrong_stream"] > 0
+                    and runner.metrics.rejected["channel_mismatch"] > 0)
+
+        wait_for(send_both, 20, "both rejections", interval=0.02)
+    finally:
+        runner.stop_requested = True
+        th.join(10)
+        pub.close()
+        wide.close()
+    assert runner.metrics.counters["bins"] == 0  # nothing foreign was decoded
