@@ -79,6 +79,12 @@ class Decoder(ABC):
             "output_names": list(getattr(self, "output_names", [])),
         }
 
+    def _restore_metadata(self, meta: dict[str, Any]) -> None:
+        """The inverse of the common part of :meth:`metadata`, for ``load_state_dict``."""
+        self.n_inputs, self.n_outputs = int(meta["n_inputs"]), int(meta["n_outputs"])
+        self.bin_ms = float(meta.get("bin_ms", 0.0))
+        self.output_names = list(meta.get("output_names", []))
+
     @abstractmethod
     def state_dict(self) -> dict[str, np.ndarray]:
         """Fitted parameters as named arrays (what ``save`` writes)."""

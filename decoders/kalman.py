@@ -142,7 +142,5 @@ class KalmanDecoder(Decoder):
         self.__init__(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0))
         for k, v in state.items():
             setattr(self, k, np.asarray(v, float))
-        self.n_inputs, self.n_outputs = int(meta["n_inputs"]), int(meta["n_outputs"])
-        self.bin_ms = float(meta.get("bin_ms", 0.0))
-        self.output_names = list(meta.get("output_names", []))
+        self._restore_metadata(meta)
         self._prepare()

@@ -373,7 +373,5 @@ class SNNDecoder(Decoder):
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
         self.__init__(**meta.get("params", {}))
         self.kparams = {k: np.asarray(v, np.float64) for k, v in state.items()}
-        self.n_inputs, self.n_outputs = int(meta["n_inputs"]), int(meta["n_outputs"])
-        self.bin_ms = float(meta.get("bin_ms", 0.0))
-        self.output_names = list(meta.get("output_names", []))
+        self._restore_metadata(meta)
         self._prepare()
