@@ -269,7 +269,6 @@ class SessionRunner:
         out = r.outcome
         od = self._outcome_dict(out)
         self._publish_stim(od, out.t_ns, r.index, in_seq)
-        self.audit.record(out)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv)
@@ -282,6 +281,7 @@ class SessionRunner:
                 self.cfg.bin_ns,
                 {"truth": truth.tolist() if truth is not None else None}), copy=False)
         m.stages["publish"].observe_ns(now_ns() - t_sent)
+        self.audit.record(out)  # after the command and the decoded vector are out
         if self.recorder is not None:
             od["request"] = (command_to_dict(out.request) if out.request is not None
                              else None)
