@@ -13,5 +13,15 @@ if [ ! -x /usr/bin/chromium ]; then
              "the browser tests will be skipped; install Debian's chromium to run them" >&2
     fi
 fi
+# The scale-out tests start their own redis-server on 127.0.0.1 (Debian's package).
+if ! command -v redis-server >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[test] installing Debian's redis-server for the scale-out tests"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    else
+        echo "[test] redis-server is missing and apt-get (as root) is not available:" \
+             "the scale-out tests will be skipped; install Debian's redis-server to run them" >&2
+    fi
+fi
 .venv/bin/ruff check .
 exec .venv/bin/python -m pytest -q "$@"

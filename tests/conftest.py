@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +123,58 @@ def server(tmp_path: Path) -> Iterator[Server]:
         for pid in leaked:
             os.kill(pid, signal.SIGKILL)
         assert not leaked, f"processes left behind: {leaked}"
+
+
+@dataclass
+class RedisServer:
+    url: str
+    port: int
+    proc: subprocess.Popen
+
+
+def start_redis(workdir: Path) -> RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    import redis
+
+    client = redis.Redis(port=port)
+
+    def up():
+        if proc.poll() is not None:
+            raise AssertionError(f"redis-server exited with {proc.returncode}")
+        try:
+            return client.ping()
+        except redis.ConnectionError:
+            return False
+
+    wait_for(up, 20, "redis-server to answer PING")
+    client.close()
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, proc)
+
+
+def stop_redis(srv: RedisServer) -> None:
+    srv.proc.terminate()
+    try:
+        srv.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        srv.proc.kill()
+        srv.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = start_redis(tmp_path / "redis")
+    try:
+        yield srv
+    finally:
+        stop_redis(srv)
 
 
 class SimThread:

@@ -1,0 +1,75 @@
+"""Redis for scale-out: one place for the connection and for every key spikeloop uses.
+
+Redis is opt-in (a ``redis://`` URL); with none configured nothing here is imported.
+All keys live under one prefix so that several deployments can share a server, and
+their names are built only here, so that the control plane, the workers, the session
+processes and the central recorder agree on them.
+
+Multipart ZeroMQ frames travel in a stream entry as the fields ``f0``, ``f1``, ...
+(the topic, the header and the payloads of :mod:`service.protocol`, byte for byte),
+so a frame read from Redis is decoded by the same code as one read from a socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PREFIX = "spikeloop"
+
+
+def connect(url: str, **kwargs: Any):
+    """A client for ``url``, checked with a PING so a wrong URL fails here, clearly."""
+    import redis
+
+    client = redis.Redis.from_url(url, **kwargs)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConnectionError(f"cannot reach Redis at {url}: {exc}; start redis-server or "
+                              "fix the URL (redis://[:password@]host:port/db)") from exc
+    return client
+
+
+class Keys:
+    """Key names. ``sid``: session id; ``wid``: worker id; ``name``: a source stream name."""
+
+    workers = f"{PREFIX}:workers"  # sorted set: worker id -> last heartbeat (Redis ms)
+
+    @staticmethod
+    def worker(wid: str) -> str:  # hash: host, capacity, labels, sessions, pid, started
+        return f"{PREFIX}:worker:{wid}"
+
+    @staticmethod
+    def worker_requests(wid: str) -> str:  # stream: requests from the control plane
+        return f"{PREFIX}:worker:{wid}:requests"
+
+    @staticmethod
+    def reply(request_id: str) -> str:  # list: the worker's reply to one request
+        return f"{PREFIX}:reply:{request_id}"
+
+    @staticmethod
+    def source(name: str) -> str:  # stream: spike frames published by a source
+        return f"{PREFIX}:source:{name}"
+
+    @staticmethod
+    def output(sid: str) -> str:  # stream: a session's decoded, stim and heartbeat frames
+        return f"{PREFIX}:session:{sid}:output"
+
+    @staticmethod
+    def recording(sid: str) -> str:  # stream: a session's recording log, record by record
+        return f"{PREFIX}:session:{sid}:recording"
+
+    recordings = f"{PREFIX}:recordings"  # stream: one entry per recording started/ended
+
+
+def frames_to_fields(frames: list[bytes]) -> dict[str, bytes]:
+    return {f"f{i}": bytes(f) for i, f in enumerate(frames)}
+
+
+def fields_to_frames(fields: dict) -> list[bytes]:
+    """Inverse of :func:`frames_to_fields` (keys may come back as bytes)."""
+    d = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    frames = []
+    while f"f{len(frames)}" in d:
+        frames.append(d[f"f{len(frames)}"])
+    return frames
