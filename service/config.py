@@ -37,6 +37,10 @@ class SourceConfig(BaseModel):
                                         description="Late events within this window are binned")
     timestamp_tolerance_ms: float = Field(50.0, ge=0, le=60_000,
                                           description="A frame older than this is rejected")
+    redis_stream: str | None = Field(
+        None, pattern=r"^[\w.\-]+$", max_length=100,
+        description="Read the spike frames from this Redis stream (on the session's redis.url) "
+                    "instead of the ZeroMQ endpoint: a source on another host, through Redis")
 
     _endpoint = field_validator("endpoint")(_check_endpoint)
 
@@ -87,6 +91,20 @@ class SecurityConfig(BaseModel):
                           "that knows the service key)")
 
 
+class RedisConfig(BaseModel):
+    """Scale-out, opt-in: the Redis server holding this session's streams."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., pattern=r"^rediss?://\S+$", description="redis://[:password@]host:port/db")
+    mirror_output: bool = Field(True, description="Copy decoded, stim and heartbeat frames to "
+                                                  "the session's output stream")
+    output_maxlen: int = Field(100_000, ge=100, le=100_000_000,
+                               description="Approximate length the output stream is trimmed to")
+    mirror_recording: bool = Field(True, description="Copy the recording log, record by record, "
+                                                     "to the session's recording stream")
+
+
 class SessionConfig(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -117,11 +135,28 @@ class SessionConfig(BaseModel):
         None, ge=1, le=99,
         description="Run the session process (and libzmq's I/O thread) under SCHED_FIFO at "
                     "this priority; needs root or CAP_SYS_NICE, else the session says so")
+    cpu_dma_latency_us: int | None = Field(
+        None, ge=0, le=10_000,
+        description="While the session runs, ask the kernel (/dev/cpu_dma_latency) to keep "
+                    "idle CPUs in idle states that wake within this many µs; 0 = poll. "
+                    "Cuts wake-up latency on every hop, costs idle CPU time; needs root")
+    redis: RedisConfig | None = Field(None, description="Streams in Redis (scale-out); none "
+                                                        "by default")
+    placement: dict[str, str] = Field(
+        default_factory=dict,
+        description="With workers: run only on a worker whose labels include all of these "
+                    '(e.g. {"rig": "rig-2"}, the host the source is attached to)')
+    failover: Literal["fail", "restart"] = Field(
+        "fail", description="With workers: when the worker running this session is lost, mark "
+                            "it failed, or restart it on another worker (stimulation disarmed "
+                            "until an operator arms it again)")
 
     @model_validator(mode="after")
     def _no_realtime_spin(self) -> SessionConfig:
         if self.spin and self.rt_priority:
             raise ValueError("spin with rt_priority would starve the CPU it runs on: pick one")
+        if self.source.redis_stream and self.redis is None:
+            raise ValueError("source.redis_stream needs redis.url: the Redis server to read from")
         return self
 
     @property
