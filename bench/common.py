@@ -8,11 +8,13 @@ round trip that every latency is compared with.
 
 This file is also the entry point of the helper processes it starts
 (``--echo`` for the floor, ``--load`` for REST load, ``--sink`` for the raw
-PUB->SUB rate), so that they run in their own interpreter, as a real peer would.
+PUB->SUB rate, ``--probe`` for the platform's own wake-up stalls), so that they
+run in their own interpreter, as a real peer would.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -251,17 +253,27 @@ def stage_means(metrics: dict) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- floor
 def set_fifo(priority: int, children_too: bool) -> None:
-    """SCHED_FIFO for this process (needs root or CAP_SYS_NICE). Without ``children_too``
-    the processes it starts (server, sessions, load) keep the normal policy."""
-    policy = os.SCHED_FIFO if children_too else os.SCHED_FIFO | os.SCHED_RESET_ON_FORK
-    os.sched_setscheduler(0, policy, os.sched_param(priority))
+    """SCHED_FIFO for this process (needs root or CAP_SYS_NICE), its ZeroMQ I/O thread
+    included. Without ``children_too`` the processes it starts later (server, sessions,
+    load) keep the normal policy.
+
+    SCHED_RESET_ON_FORK also resets *threads* created afterwards, and libzmq's I/O thread
+    (which carries every send and receive) is one: so the shared context is started while
+    the plain policy is set, and the reset flag is added to the calling thread only after.
+    """
+    param = os.sched_param(priority)
+    os.sched_setscheduler(0, os.SCHED_FIFO, param)
+    ctx = zmq.Context.instance()
+    ctx.socket(zmq.PUB).close(0)  # libzmq starts its I/O and reaper threads here
+    if not children_too:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, param)
 
 
 def _echo(in_ep: str, out_ep: str, rt_priority: int = 0) -> None:
     """Echo process for the floor: SUB everything on ``in_ep``, PUB it back on ``out_ep``."""
     if rt_priority:  # the floor runs under the same policy as the session it is compared to
         set_fifo(rt_priority, children_too=True)
-    ctx = zmq.Context()
+    ctx = zmq.Context.instance()
     sub, pub = ctx.socket(zmq.SUB), ctx.socket(zmq.PUB)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(in_ep)
@@ -398,12 +410,82 @@ def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True)
 
 
+# ---------------------------------------------------------------------------- platform
+def _platform_probe(cpu: int, priority: int, period_us: int, out: str) -> None:
+    """cyclictest in miniature: a SCHED_FIFO thread pinned to ``cpu`` wakes every period
+    and notes each wake-up later than 200 µs as (intended time, lateness), both ns.
+
+    It runs above everything spikeloop runs, so a late wake-up here is time the CPU was
+    not given to the guest at all (hypervisor, SMIs) or spent in the kernel: a stall no
+    process in this machine can avoid. Runs until SIGTERM, then writes ``out`` (.npy).
+    """
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    stalls: list[tuple[int, int]] = []
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    period = period_us * 1000
+    gc.disable()
+    target = now_ns() + period
+    while not stop:
+        d = target - now_ns()
+        if d > 0:
+            time.sleep(d / 1e9)
+        late = now_ns() - target
+        if late > 200_000:
+            stalls.append((target, late))
+        target += period
+        if late > period:  # skip the periods that were lost, as cyclictest does
+            target += (late // period) * period
+    np.save(out, np.asarray(stalls, np.int64).reshape(-1, 2))
+
+
+class PlatformProbe:
+    """One ``_platform_probe`` process per CPU for the length of a measurement."""
+
+    def __init__(self, priority: int = 95, period_us: int = 1000):
+        self.priority, self.period_us = priority, period_us
+        self._tmp = Path(tempfile.mkdtemp(prefix="spikeloop-probe-"))
+        self._procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self) -> PlatformProbe:
+        for cpu in sorted(os.sched_getaffinity(0)):
+            out = self._tmp / f"cpu{cpu}.npy"
+            self._procs.append((subprocess.Popen(
+                [sys.executable, HERE, "--probe", str(cpu), str(self.priority),
+                 str(self.period_us), str(out)]), out))
+        return self
+
+    def stop(self) -> list[np.ndarray]:
+        """Per CPU, an (n, 2) array of (intended wake-up ns, lateness ns)."""
+        result = []
+        for proc, out in self._procs:
+            proc.terminate()
+            proc.wait(10)
+            result.append(np.load(out) if out.exists() else np.zeros((0, 2), np.int64))
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        return result
+
+
+def overlaps_stall(start_ns: np.ndarray, end_ns: np.ndarray, stalls: list[np.ndarray],
+                   min_ns: int) -> np.ndarray:
+    """For each [start, end], whether a CPU stalled for >= ``min_ns`` inside it."""
+    hit = np.zeros(len(start_ns), bool)
+    for s in stalls:
+        s = s[s[:, 1] >= min_ns]
+        for t, late in s:
+            hit |= (start_ns <= t + late) & (end_ns >= t)
+    return hit
+
+
 def helper_main(argv: list[str]) -> bool:
     """Run a helper process if ``argv`` asks for one; True when it did."""
     if argv[:1] == ["--echo"]:
         _echo(argv[1], argv[2], int(argv[3]) if len(argv) > 3 else 0)
     elif argv[:1] == ["--load"]:
         _api_load(argv[1], float(argv[2]), float(argv[3]))
+    elif argv[:1] == ["--probe"]:
+        _platform_probe(int(argv[1]), int(argv[2]), int(argv[3]), argv[4])
     elif argv[:1] == ["--sink"]:
         _sink(argv[1], float(argv[2]))
     else:

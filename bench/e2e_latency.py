@@ -24,6 +24,7 @@ tail is other processes on the machine.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -36,11 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
     Endpoints,
+    PlatformProbe,
     Server,
     SimFeeder,
     helper_main,
     measure_floor,
     now_ns,
+    overlaps_stall,
     percentiles,
     set_fifo,
     sleep_until,
@@ -55,7 +58,9 @@ from sources.motor import MotorCortexSim  # noqa: E402
 
 # ---------------------------------------------------------------------------- main run
 def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: float,
-        warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0) -> dict:
+        warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0,
+        dump: Path | None = None, cpu_dma_latency_us: int | None = None,
+        probe: bool = False) -> dict:
     eps = Endpoints(transport)
     server = Server()
     ctx = zmq.Context.instance()
@@ -77,6 +82,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
             "output": {"heartbeat_ms": 100, "endpoint": eps.output()},
             "rt_priority": rt_priority or None,
+            "cpu_dma_latency_us": cpu_dma_latency_us,
         })
         sid = s["id"]
         stim = ctx.socket(zmq.SUB)
@@ -118,14 +124,23 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             time.sleep(1.0)
         n_bins = int(seconds * 1000 / bin_ms)
         client = np.full(n_bins, -1, np.int64)
+        sent = np.zeros(n_bins, np.int64)
+        # This process stands in for the rig's acquisition system and stimulator; a
+        # collection pass of its own must not be counted as loop latency.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        platform = PlatformProbe().start() if probe else None
         t_next = time.perf_counter()
         for i in range(n_bins):
-            t0 = send_bin()
+            t0 = sent[i] = send_bin()
             t1 = await_stim(feeder.seq - 1, 2 * bin_ns)
             if t1 is not None:
                 client[i] = t1 - t0
             t_next += bin_ms / 1000
             sleep_until(t_next)
+        gc.enable()
+        stalls = platform.stop() if platform is not None else None
         load_report = None
         if load is not None:
             load_report = json.loads(load.communicate(timeout=30)[0].strip().splitlines()[-1])
@@ -136,7 +151,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             b"spikes", "bench", 0, 0, channels, *_typical(feeder.sim, bin_ns))]
         floor = measure_floor(frame_example, transport=transport, rt_priority=rt_priority)
         got = client[client >= 0]
-        missed = int(np.count_nonzero((client < 0) | (client > bin_ns)))
+        late = (client < 0) | (client > bin_ns)
+        missed = int(np.count_nonzero(late))
         res = {
             "channels": channels, "bin_ms": bin_ms, "decoder": decoder, "bins": n_bins,
             "missed_bins": missed, "transport": transport, "rt_priority": rt_priority,
@@ -150,8 +166,25 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "stage_mean_us": stage_means(metrics),
             "events_per_bin_mean": float(channels * 12 * bin_ms / 1000),
         }
+        if stalls is not None:
+            # A missed bin is put down to the platform when a CPU was not given to the
+            # guest for at least half a bin while that bin was in flight.
+            ends = np.where(client >= 0, sent + client, sent + 2 * bin_ns)
+            explained = overlaps_stall(sent[late], ends[late], stalls, bin_ns // 2)
+            all_stalls = np.concatenate(stalls) if stalls else np.zeros((0, 2), np.int64)
+            res["platform"] = {
+                "stalls_over_half_bin": int(np.count_nonzero(all_stalls[:, 1] >= bin_ns // 2)),
+                "stalls_over_bin": int(np.count_nonzero(all_stalls[:, 1] >= bin_ns)),
+                "max_stall_us": round(float(all_stalls[:, 1].max()) / 1e3, 1)
+                if len(all_stalls) else 0.0,
+                "missed_bins_during_stall": int(np.count_nonzero(explained)),
+                "missed_bins_unexplained": int(missed - np.count_nonzero(explained)),
+            }
         res["ratio_internal_p50_to_floor"] = round(res["p50_us"] / res["floor_p50_us"], 2)
         res["ratio_client_p50_to_floor"] = round(res["client_p50_us"] / res["floor_p50_us"], 2)
+        if dump is not None:  # per-bin samples, to look at where the tail comes from
+            np.savez(dump, client_ns=client, internal_ns=internal, floor_ns=floor,
+                     send_ns=sent)
         c.stop(sid)
         return res
     finally:
@@ -185,6 +218,11 @@ def print_table(res: dict) -> None:
     print("mean per stage (us): " + ", ".join(f"{k} {v}" for k, v in res["stage_mean_us"].items()))
     print(f"ratios to floor p50: internal {res['ratio_internal_p50_to_floor']}x, "
           f"client {res['ratio_client_p50_to_floor']}x")
+    if "platform" in res:
+        pl = res["platform"]
+        print(f"platform stalls (probe above every spikeloop thread): {pl['stalls_over_bin']} "
+              f"longer than a bin, max {pl['max_stall_us']} us; missed bins during a stall "
+              f"{pl['missed_bins_during_stall']}, unexplained {pl['missed_bins_unexplained']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,6 +242,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="put the session process under SCHED_FIFO at this priority (root)")
     ap.add_argument("--quick", action="store_true", help="10 s of measurement")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--dump", type=Path, help="write the per-bin samples (.npz) here")
+    ap.add_argument("--cpu-dma-latency", type=int, default=None, metavar="US",
+                    help="the session's cpu_dma_latency_us (0: idle CPUs poll; root)")
+    ap.add_argument("--platform-probe", action="store_true",
+                    help="measure the platform's own wake-up stalls during the run (one "
+                         "SCHED_FIFO 95 probe per CPU) and tell which missed bins they explain")
     a = ap.parse_args(argv)
     seconds = min(a.seconds, 10.0) if a.quick else a.seconds
     if a.rt_priority:
@@ -212,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         # inheritance (only the session's own rt_priority setting does that).
         set_fifo(max(1, a.rt_priority - 1), children_too=False)
     res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
-              rt_priority=a.rt_priority)
+              rt_priority=a.rt_priority, dump=a.dump,
+              cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe)
     print_table(res)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import signal
+import struct
 import sys
 import threading
 import time
@@ -564,6 +565,23 @@ def set_scheduling(cpu: int | None, rt_priority: int | None) -> str:
     return text
 
 
+def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, str]:
+    """Keep idle CPUs out of deep idle states for as long as the returned fd stays open.
+
+    The kernel's PM QoS interface: a deep idle state (or, in a VM, a halted vCPU) can take
+    tens to hundreds of µs to wake, and every ZeroMQ hop wakes a thread. Writing 0 makes
+    idle CPUs poll instead. Closing the fd (or the process ending) lifts the request.
+    """
+    if us is None:
+        return None, ""
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as exc:
+        return None, f"cpu_dma_latency {us} us refused ({exc.strerror}); needs root"
+    os.write(fd, struct.pack("i", us))
+    return fd, f"cpu_dma_latency {us} us"
+
+
 def _software_versions() -> dict[str, str]:
     import torch
 
@@ -598,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = SessionConfig.model_validate_json(a.config.read_text())
     scheduling = set_scheduling(cfg.cpu, cfg.rt_priority)
+    _qos_fd, qos_note = hold_cpu_dma_latency(cfg.cpu_dma_latency_us)  # held until exit
+    if qos_note:
+        scheduling += ", " + qos_note
     runner = None
     try:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
