@@ -52,7 +52,11 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
           port: int = typer.Option(8000, help="HTTP port"),
           data_dir: Path = typer.Option(DEFAULT_DATA, help="Database, recordings, models"),
           no_auth: bool = typer.Option(False, "--no-auth", help="Disable tokens (loopback only)"),
-          keep_sessions: bool = typer.Option(False, help="Leave sessions running on exit")):
+          keep_sessions: bool = typer.Option(False, help="Leave sessions running on exit"),
+          redis: str | None = typer.Option(None, help="Run sessions on workers registered in "
+                                                      "this Redis (redis://host:port/db)"),
+          worker_timeout: float = typer.Option(5.0, help="Seconds without a heartbeat after "
+                                                         "which a worker is lost")):
     """Run the control plane (FastAPI + uvicorn).
 
     Example: spikeloop serve --port 8000 --data-dir var
@@ -66,10 +70,47 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
                    "or bind to 127.0.0.1", err=True)
         raise typer.Exit(2)
     app_ = create_app(Settings(data_dir=data_dir, auth=not no_auth,
-                               stop_sessions_on_shutdown=not keep_sessions))
+                               stop_sessions_on_shutdown=not keep_sessions,
+                               redis_url=redis or None,  # "" (compose default): no Redis
+                               worker_timeout_s=worker_timeout))
     if app_.state.token_path:
         typer.echo(f"admin token: {app_.state.token_path.resolve()}", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+# ============================================================================ worker
+@app.command()
+def worker(redis: str = typer.Option(..., help="The control plane's Redis (redis://host:port/db)"),
+           data_dir: Path = typer.Option(Path("var/worker"), help="Recordings, logs, models "
+                                                                  "of the sessions run here"),
+           name: str | None = typer.Option(None, help="Worker id (default host-pid-random)"),
+           capacity: int = typer.Option(4, min=1, help="Sessions this worker runs at most"),
+           label: list[str] = typer.Option([], help="Placement label KEY=VALUE, repeatable "
+                                                    "(e.g. rig=rig-2)"),
+           bind_host: str = typer.Option("127.0.0.1", help="Interface sessions bind their "
+                                                           "output to (loopback by default)"),
+           lease: float = typer.Option(3.0, help="Stop every session if Redis is unreachable "
+                                                 "this long (keep below the control plane's "
+                                                 "--worker-timeout)")):
+    """Run sessions that the control plane (spikeloop serve --redis URL) assigns to this host.
+
+    Example: spikeloop worker --redis redis://10.0.0.5:6379/0 --label rig=rig-2 --capacity 4
+    """
+    from service.worker import run_worker
+
+    labels = {}
+    for item in label:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            typer.echo(f"--label {item!r}: write KEY=VALUE, e.g. --label rig=rig-2", err=True)
+            raise typer.Exit(2)
+        labels[k] = v
+    try:
+        run_worker(redis, data_dir, name=name, capacity=capacity, labels=labels,
+                   bind_host=bind_host, lease_s=lease)
+    except ConnectionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
 
 
 # ============================================================================ sim

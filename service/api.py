@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,8 @@ class Settings:
     data_dir: Path
     auth: bool = True
     stop_sessions_on_shutdown: bool = True
+    redis_url: str | None = None  # sessions run on workers registered in this Redis
+    worker_timeout_s: float = 5.0  # heartbeat age after which a worker is lost
 
 
 # ---------------------------------------------------------------------- schemas
@@ -56,6 +59,7 @@ class SessionOut(BaseModel):
     config: dict[str, Any]
     output_endpoint: str | None
     recording: str | None
+    worker: str | None = Field(None, description="The worker running it (None: this host)")
     live: dict[str, Any] | None = Field(None, description="Status from the running process")
 
 
@@ -132,7 +136,12 @@ class SessionCollector:
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.data_dir / "spikeloop.db")
-    manager = SessionManager(settings.data_dir, store)
+    cluster = None
+    if settings.redis_url:
+        from .cluster import Cluster
+
+        cluster = Cluster(settings.redis_url, settings.worker_timeout_s)
+    manager = SessionManager(settings.data_dir, store, cluster=cluster)
     models = ModelJobs(manager.models_dir, manager.run_dir, settings.data_dir,
                        manager.recordings_dir)
     token_path = ensure_admin_token(store, settings.data_dir) if settings.auth else None
@@ -142,11 +151,23 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.reattach = await asyncio.to_thread(manager.reattach)
+        watch = asyncio.create_task(_watch_workers()) if cluster is not None else None
         yield
+        if watch is not None:
+            watch.cancel()
         if settings.stop_sessions_on_shutdown:
             await asyncio.to_thread(manager.stop_all)
         await asyncio.to_thread(models.stop_all)
         store.close()
+
+    async def _watch_workers() -> None:
+        """Fail over lost workers' sessions, twice per heartbeat timeout."""
+        while True:
+            await asyncio.sleep(min(0.5, settings.worker_timeout_s / 4))
+            try:
+                await asyncio.to_thread(manager.check_workers)
+            except Exception as exc:  # Redis down: keep watching, say so
+                print(f"[spikeloop] worker check failed: {exc}", file=sys.stderr, flush=True)
 
     app = FastAPI(
         title="spikeloop",
@@ -193,6 +214,15 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, Any]:
         return {"ok": True, "version": __version__}
+
+    @app.get("/workers", tags=["ops"])
+    def workers() -> dict[str, Any]:
+        """Workers registered in Redis (scale-out), and the recent failovers."""
+        if cluster is None:
+            return {"redis": None, "workers": [], "failovers": []}
+        return {"redis": settings.redis_url.split("@")[-1],
+                "workers": [w.as_dict() for w in cluster.workers()],
+                "failovers": list(manager.failovers)}
 
     @app.get("/metrics", tags=["ops"], response_class=Response)
     def metrics() -> Response:

@@ -51,6 +51,7 @@ class SessionRunner:
                  audit_dir: Path | None = None):
         self.id = session_id
         self.cfg = config
+        self.parent_pid: int | None = None  # set: exit safe when this process is gone
         self.run_dir = run_dir
         self.models_dir = models_dir
         self.recordings_dir = recordings_dir
@@ -197,6 +198,7 @@ class SessionRunner:
                 self._heartbeat()
                 next_heartbeat = t + heartbeat_ns
                 self._check_watchdog(t)
+                self._check_parent()
                 self._check_fit()
                 if self.cfg.gc_freeze:
                     self._heartbeats += 1  # young gen each beat; older ones now and then
@@ -348,6 +350,14 @@ class SessionRunner:
         self.metrics.counters["watchdog_trips"] += 1
         self._fail_safe(f"watchdog: no decoder update for {(t - wd.last_feed_ns) / 1e6:.0f} ms",
                         keep_state=True)
+
+    def _check_parent(self) -> None:
+        """Under a worker, the session must not outlive it: the control plane restarts
+        a lost worker's sessions elsewhere, and one loop must never stimulate twice."""
+        parent = self.parent_pid
+        if parent is not None and os.getppid() != parent:
+            self.parent_pid = None
+            self._fail_safe(f"the worker that started this session (pid {parent}) is gone")
 
     def _fail_safe(self, reason: str, keep_state: bool = False) -> None:
         """Drive the stimulator safe *now* (not at the next bin) and say so on every channel."""
@@ -609,6 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recordings-dir", type=Path)
     ap.add_argument("--keys-dir", type=Path, help="Where the session's CurveZMQ key lives")
     ap.add_argument("--audit-dir", type=Path, help="Where the audit log is appended")
+    ap.add_argument("--exit-with-parent", action="store_true",
+                    help="Drive stim safe and stop when the parent (a worker) is gone")
     a = ap.parse_args(argv)
 
     import torch
@@ -624,6 +636,8 @@ def main(argv: list[str] | None = None) -> int:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
                                a.keys_dir, a.audit_dir)
         runner.scheduling = scheduling
+        if a.exit_with_parent:
+            runner.parent_pid = os.getppid()
 
         def _term(signum, frame):  # graceful stop on SIGTERM/SIGINT
             runner.stop_requested = True

@@ -4,10 +4,16 @@ Each session runs in its own process (``service.runner``), started in a new
 process group so that it survives an API crash: the closed loop must not stop
 because the UI did. On start-up the manager re-attaches to sessions whose
 process still answers and marks the others as ended.
+
+With a :class:`~service.cluster.Cluster` (``spikeloop serve --redis URL``) sessions
+run on workers instead: the stored ``control`` is then ``worker:<id>``, every call
+goes to that worker through Redis, and :meth:`SessionManager.check_workers` fails
+over the sessions of a worker that stopped heartbeating.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -17,6 +23,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +42,10 @@ class SessionNotFound(KeyError):
     pass
 
 
+class NoRoom(SessionError):
+    """No worker can take the session."""
+
+
 def _alive(pid: int | None) -> bool:
     if not pid:
         return False
@@ -51,7 +62,8 @@ def _alive(pid: int | None) -> bool:
 
 class SessionManager:
     def __init__(self, data_dir: Path, store: Store, start_timeout_s: float = 60.0,
-                 min_free_bytes: int = 200 * 1024**2):
+                 min_free_bytes: int = 200 * 1024**2, exit_with_parent: bool = False,
+                 cluster: Any = None):
         self.data_dir = data_dir
         self.run_dir = data_dir / "run"
         self.models_dir = data_dir / "models"
@@ -67,6 +79,11 @@ class SessionManager:
         self._procs: dict[str, subprocess.Popen] = {}
         self._replays: dict[str, subprocess.Popen] = {}
         self._exports: list[threading.Thread] = []
+        self.exit_with_parent = exit_with_parent  # sessions of a worker die with it
+        self.cluster = cluster  # service.cluster.Cluster: sessions run on workers
+        self._placed: dict[str, str] = {}  # session id -> worker, ahead of heartbeats
+        self.failovers: deque[dict[str, Any]] = deque(maxlen=100)
+        self._failover_lock = threading.Lock()
 
     # ------------------------------------------------------------------ queries
     def _row(self, sid: str) -> dict[str, Any]:
@@ -88,12 +105,18 @@ class SessionManager:
                 row = self._row(sid)
         out = {k: row[k] for k in ("id", "name", "state", "error", "pid", "created_at",
                                    "updated_at", "config", "recording")}
+        if (out["config"].get("redis") or {}).get("url"):  # never show a Redis password
+            out["config"] = _merge(out["config"], {"redis": {
+                "url": _redact_url(out["config"]["redis"]["url"])}})
         out["output_endpoint"] = row["output"]
+        out["worker"] = _worker_of(row)
         out["live"] = live
         return out
 
     def _live_status(self, row: dict[str, Any]) -> dict[str, Any] | None:
         sid = row["id"]
+        if _worker_of(row) is not None:
+            return self._remote_status(row)
         try:
             st = call(row["control"], {"cmd": "status"}, timeout_ms=1000)["status"]
         except SessionUnreachable:
@@ -130,18 +153,27 @@ class SessionManager:
         row = self._row(sid)
         if row["state"] not in ACTIVE:
             raise SessionError(f"session {sid} is {row['state']}; start it first")
-        return call(row["control"], request, timeout_ms, with_extra)
+        wid = _worker_of(row)
+        if wid is None:
+            return call(row["control"], request, timeout_ms, with_extra)
+        out = self._ask(wid, "control", timeout_ms / 1000 + 2, sid=sid, request=request,
+                        timeout_ms=timeout_ms)
+        extra = [base64.b64decode(x) for x in out["extra"]]
+        return (out["reply"], extra) if with_extra else out["reply"]
 
     # ------------------------------------------------------------------ lifecycle
-    def create(self, config: SessionConfig) -> dict[str, Any]:
-        sid = uuid.uuid4().hex[:12]
+    def create(self, config: SessionConfig, sid: str | None = None) -> dict[str, Any]:
+        sid = sid or uuid.uuid4().hex[:12]
         self.store.insert_session(sid, config.name, config.model_dump())
         return self.get(sid)
 
-    def start(self, sid: str) -> dict[str, Any]:
+    def start(self, sid: str, local: bool = False) -> dict[str, Any]:
+        """Start the session's process here, or on a worker when there is a cluster."""
         row = self._row(sid)
         if row["state"] in ACTIVE:
             raise SessionError(f"session {sid} is already {row['state']}")
+        if self.cluster is not None and not local:
+            return self._start_remote(sid, SessionConfig.model_validate(row["config"]))
         from .storage import check_free
 
         check_free(self.recordings_dir, self.min_free_bytes)
@@ -155,6 +187,8 @@ class SessionManager:
                "--control", control, "--run-dir", str(self.run_dir),
                "--models-dir", str(self.models_dir), "--recordings-dir", str(self.recordings_dir),
                "--keys-dir", str(self.keys_dir), "--audit-dir", str(self.audit_dir)]
+        if self.exit_with_parent:
+            cmd.append("--exit-with-parent")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path(__file__).resolve().parents[1])
         log.close()
@@ -183,6 +217,8 @@ class SessionManager:
         row = self._row(sid)
         if row["state"] not in (*ACTIVE, "starting"):
             return self.get(sid)
+        if _worker_of(row) is not None:
+            return self._stop_remote(row, timeout_s)
         try:
             call(row["control"], {"cmd": "stop"}, timeout_ms=1000)
         except (SessionUnreachable, RuntimeError):
@@ -276,14 +312,20 @@ class SessionManager:
                                 start_new_session=True, cwd=Path(__file__).resolve().parents[1])
         log.close()
         self._replays[sid] = proc
-        try:
-            return self.start(sid) | {"replay_pid": proc.pid}
+        try:  # here, beside the replay process publishing on 127.0.0.1
+            return self.start(sid, local=True) | {"replay_pid": proc.pid}
         except Exception:
             proc.kill()
             raise
 
     def delete(self, sid: str) -> None:
         self.stop(sid)
+        wid = _worker_of(self._row(sid))
+        if wid is not None and self.cluster.alive(wid):
+            try:
+                self._ask(wid, "delete", 10.0, sid=sid)
+            except SessionError:
+                pass  # the worker no longer has it: nothing to delete there
         self.store.delete_session(sid)
         for suffix in (".config.json", ".status.json", ".log", ".ctl"):
             (self.run_dir / f"{sid}{suffix}").unlink(missing_ok=True)
@@ -294,6 +336,12 @@ class SessionManager:
         for row in self.store.list_sessions():
             if row["state"] not in (*ACTIVE, "starting"):
                 continue
+            wid = _worker_of(row)
+            if wid is not None:  # a worker's session: alive as long as the worker is
+                if self.cluster is not None and self.cluster.alive(wid):
+                    self._placed[row["id"]] = wid
+                    kept += 1
+                continue  # otherwise check_workers() fails it over
             if _alive(row["pid"]) and self._live_status(row) is not None:
                 kept += 1
             else:
@@ -311,6 +359,136 @@ class SessionManager:
         for t in self._exports:
             t.join(timeout_s)
         self._exports = [t for t in self._exports if t.is_alive()]
+
+
+    # ------------------------------------------------------------------ workers
+    def _ask(self, wid: str, op: str, timeout_s: float, **body: Any) -> Any:
+        """A request to a worker, its failures as the errors a local session raises."""
+        from .cluster import WorkerError, WorkerUnreachable
+
+        try:
+            return self.cluster.request(wid, op, timeout_s, **body)
+        except WorkerUnreachable as exc:
+            raise SessionUnreachable(str(exc)) from exc
+        except WorkerError as exc:
+            if exc.kind == "SessionUnreachable":
+                raise SessionUnreachable(str(exc)) from exc
+            if exc.kind in ("SessionError", "SessionNotFound", "ValueError"):
+                raise SessionError(f"worker {wid}: {exc}") from exc
+            raise RuntimeError(str(exc)) from exc
+
+    def _start_remote(self, sid: str, cfg: SessionConfig,
+                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+        from .cluster import NoWorker
+
+        try:
+            wid = self.cluster.pick(cfg.placement, Counter(self._placed.values()), exclude)
+        except NoWorker as exc:
+            raise NoRoom(str(exc)) from exc
+        self._placed[sid] = wid
+        self.store.update_session(sid, state="starting", error="", pid=None,
+                                  control=f"worker:{wid}")
+        try:
+            out = self._ask(wid, "start", self.start_timeout_s + 5, sid=sid,
+                            config=cfg.model_dump())
+        except (SessionError, SessionUnreachable, RuntimeError) as exc:
+            self._placed.pop(sid, None)
+            self.store.update_session(sid, state="failed", error=str(exc))
+            raise SessionError(f"session {sid} failed to start on worker {wid}: {exc}") from exc
+        self.store.update_session(sid, state=out["state"], output=out["output_endpoint"],
+                                  recording=out.get("recording"))
+        return self.get(sid)
+
+    def _remote_status(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        sid, wid = row["id"], _worker_of(row)
+        try:
+            out = self._ask(wid, "get", 2.0, sid=sid)
+        except SessionUnreachable:
+            lost = self.cluster is None or not self.cluster.alive(wid)
+            return {"state": row["state"], "unresponsive": True, "worker_lost": lost}
+        except SessionError as exc:  # the worker does not know it (restarted worker)
+            self._placed.pop(sid, None)
+            self.store.update_session(sid, state="failed", error=str(exc))
+            return None
+        changed = {k: out[k] for k in ("state", "error", "recording") if out[k] != row[k]}
+        if out["output_endpoint"] != row["output"]:
+            changed["output"] = out["output_endpoint"]
+        if changed:
+            self.store.update_session(sid, **changed)
+        if out["state"] not in ACTIVE:
+            self._placed.pop(sid, None)
+        return out["live"]
+
+    def _stop_remote(self, row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        sid, wid = row["id"], _worker_of(row)
+        try:
+            out = self._ask(wid, "stop", timeout_s + 5, sid=sid)
+            self.store.update_session(sid, state=out["state"], error=out["error"],
+                                      recording=out.get("recording"))
+        except (SessionError, SessionUnreachable, RuntimeError) as exc:
+            self.store.update_session(sid, state="failed",
+                                      error=f"stop on worker {wid} failed: {exc}")
+        self._placed.pop(sid, None)
+        return self.get(sid)
+
+    def check_workers(self) -> list[dict[str, Any]]:
+        """Fail over the sessions of every worker that stopped heartbeating.
+
+        Called periodically by the control plane. A lost worker's sessions are marked
+        failed; those configured with ``failover: restart`` are started again on another
+        live worker, which starts them disarmed (the guard always does), so nothing
+        stimulates until an operator arms the new incarnation.
+        """
+        if self.cluster is None:
+            return []
+        with self._failover_lock:
+            lost = set(self.cluster.lost())
+            registered = self.cluster.registered()
+            events = []
+            for row in self.store.list_sessions():
+                wid = _worker_of(row)
+                if wid is None or row["state"] not in (*ACTIVE, "starting"):
+                    continue
+                if wid in lost or wid not in registered:
+                    events.append(self._fail_over(row, wid))
+            for wid in lost:
+                self.cluster.forget(wid)
+            return events
+
+    def _fail_over(self, row: dict[str, Any], wid: str) -> dict[str, Any]:
+        sid = row["id"]
+        cfg = SessionConfig.model_validate(row["config"])
+        self._placed.pop(sid, None)
+        why = (f"{self.cluster.why_lost(wid)}; its sessions were stopped there or drove "
+               "stimulation safe (worker lease, session parent watch, stimulator heartbeats)")
+        self.store.update_session(sid, state="failed", error=why, pid=None)
+        event = {"session": sid, "worker": wid, "at": time.time(), "action": "failed",
+                 "error": why}
+        if cfg.failover == "restart":
+            try:
+                out = self._start_remote(sid, cfg, exclude=(wid,))
+                event |= {"action": "restarted", "to": out["worker"]}
+            except SessionError as exc:
+                self.store.update_session(sid, state="failed", error=f"{why}; restart: {exc}")
+                event |= {"action": "restart_failed", "error": f"{why}; restart: {exc}"}
+        self.failovers.append(event)
+        print(f"[spikeloop] failover: {json.dumps(event)}", file=sys.stderr, flush=True)
+        return event
+
+
+def _redact_url(url: str) -> str:
+    """redis://user:secret@host -> redis://user:***@host"""
+    scheme, sep, rest = url.partition("://")
+    cred, at, host = rest.rpartition("@")
+    if not at or ":" not in cred:
+        return url
+    return f"{scheme}{sep}{cred.split(':', 1)[0]}:***@{host}"
+
+
+def _worker_of(row: dict[str, Any]) -> str | None:
+    """The worker running a session (``control`` is ``worker:<id>``), or None if local."""
+    control = row.get("control") or ""
+    return control[len("worker:"):] if control.startswith("worker:") else None
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

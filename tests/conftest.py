@@ -80,11 +80,11 @@ class Server:
         return ControlClient(self.url, self.token if token == "admin" else token)
 
 
-def start_server(data_dir: Path, port: int | None = None) -> Server:
+def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> Server:
     port = port or free_port()
     proc = subprocess.Popen(
-        [PY, "-m", "clients.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=REPO, start_new_session=True)
+        [PY, "-m", "clients.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
+         *extra], cwd=REPO, start_new_session=True)
     srv = Server(f"http://127.0.0.1:{port}", data_dir, proc, port)
     from clients.control import ControlClient
 

@@ -35,7 +35,17 @@ def test_service_and_source_are_separate_services():
     assert services["sim"]["command"][1] == "sim"
 
 
-@pytest.mark.parametrize("name", ["spikeloop", "sim"])
+def test_cluster_profile_has_redis_and_a_scalable_worker():
+    services = _services()
+    assert services["redis"]["image"] == "redis:7"
+    assert services["worker"]["command"][1] == "worker"
+    assert services["worker"]["deploy"]["replicas"] >= 2
+    assert {s for s, v in services.items() if "cluster" in v.get("profiles", [])} >= {
+        "redis", "worker"}
+    assert "--redis" in services["spikeloop"]["command"]
+
+
+@pytest.mark.parametrize("name", ["spikeloop", "sim", "worker"])
 def test_compose_commands_exist_and_their_options_parse(name):
     argv = _services()[name]["command"]
     assert argv[0] == "spikeloop"
