@@ -132,19 +132,24 @@ class RedisServer:
     proc: subprocess.Popen
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``."""
+def start_redis(workdir: Path, bind: tuple[str, ...] = ("127.0.0.1",),
+                password: str | None = None) -> RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1 (and ``bind``), no persistence.
+
+    Off loopback, Redis only serves clients that authenticate: give a ``password``.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir)],
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", *bind, "--save", "",
+                             "--appendonly", "no", "--dir", str(workdir),
+                             *(["--requirepass", password] if password else [])],
                             stdout=subprocess.DEVNULL, start_new_session=True)
     import redis
 
-    client = redis.Redis(port=port)
+    client = redis.Redis(port=port, password=password)
 
     def up():
         if proc.poll() is not None:
@@ -156,7 +161,8 @@ def start_redis(workdir: Path) -> RedisServer:
 
     wait_for(up, 20, "redis-server to answer PING")
     client.close()
-    return RedisServer(f"redis://127.0.0.1:{port}/0", port, proc)
+    cred = f":{password}@" if password else ""
+    return RedisServer(f"redis://{cred}127.0.0.1:{port}/0", port, proc)
 
 
 def stop_redis(srv: RedisServer) -> None:
@@ -185,12 +191,12 @@ class SimThread:
     """
 
     def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
-                 source=None, stim_endpoint: str | None = None):
+                 source=None, stim_endpoint: str | None = None, host: str = "127.0.0.1"):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
         self.port = port or free_port()
-        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.endpoint = f"tcp://{host}:{self.port}"
         self.sim = source or MotorCortexSim(units=units, seed=seed)
         units = self.sim.channels
         self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop

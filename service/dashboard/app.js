@@ -54,7 +54,7 @@ async function refresh() {
     if (s.id === S.sid) tr.className = "selected";
     const live = s.live || {};
     const stim = live.armed === undefined ? "-" : live.armed ? "ARMED" : "off";
-    for (const v of [s.id, s.name, s.state, live.bins ?? "-", stim]) {
+    for (const v of [s.id, s.name, s.state, live.bins ?? "-", stim, s.worker ?? "this host"]) {
       const td = document.createElement("td");
       td.textContent = v;
       tr.append(td);
