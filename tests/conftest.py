@@ -132,13 +132,14 @@ class RedisServer:
     proc: subprocess.Popen
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``."""
+def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``
+    (on ``port``: e.g. the port of one that was stopped, to restart it empty)."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, start_new_session=True)
