@@ -372,6 +372,34 @@ def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .s
     typer.echo(str(path))
 
 
+@app.command("recorder")
+def recorder_cmd(
+        redis_url: str = typer.Option(..., "--redis", help="redis://[:password@]host:port/db "
+                                                          "that the sessions mirror to"),
+        out: Path = typer.Option(..., "--out", help="Directory for the central copies; every "
+                                                    "recorder of one group must share it"),
+        group: str = typer.Option("central", help="Consumer group: recorders in one group "
+                                                  "share the sessions; another group gets "
+                                                  "its own copy of everything"),
+        consumer: str | None = typer.Option(None, help="This recorder's name in the group "
+                                                       "(default: host name); unique among "
+                                                       "running recorders, kept on restart"),
+        lease_s: float = typer.Option(10.0, help="After this long without renewal, another "
+                                                 "recorder of the group takes a session over"),
+        nwb: bool = typer.Option(True, "--nwb/--no-nwb", help="Export NWB when a recording "
+                                                              "ends")):
+    """Write every mirrored session recording again, byte for byte, in one place.
+
+    Sessions with redis.mirror_recording copy their log to Redis; this follows those
+    streams, writes DIR/<name>.splog, fsyncs, then acknowledges, and exports NWB at the
+    end. Stop with Ctrl-C (or SIGTERM); a restart resumes where it stopped.
+    Example: spikeloop recorder --redis redis://10.0.0.5:6379/0 --out /data/central
+    """
+    from service.central_recorder import main as run_recorder
+
+    run_recorder(redis_url, out, group, consumer, lease_s, nwb)
+
+
 @app.command()
 def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
     """List recordings in the data directory.

@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -143,10 +143,16 @@ def _frame_bytes(f: Any) -> bytes | memoryview:
 
 
 class Recorder:
-    """Buffered, checksummed, fsynced session log at ``path`` (must not exist yet)."""
+    """Buffered, checksummed, fsynced session log at ``path`` (must not exist yet).
+
+    ``on_durable(n)`` is called (under the I/O lock: it must be quick) whenever the
+    file's first ``n`` bytes -- always whole records -- have been written and fsynced,
+    so a copy made from the file (``service.recording_mirror``) never gets ahead of it.
+    """
 
     def __init__(self, path: str | Path, flush_interval_s: float = 0.2, fsync: bool = True,
-                 max_buffer_bytes: int = 64 << 20):
+                 max_buffer_bytes: int = 64 << 20,
+                 on_durable: Callable[[int], None] | None = None):
         self.path = Path(path)
         self.flush_interval_s = flush_interval_s
         self.fsync = fsync
@@ -154,6 +160,7 @@ class Recorder:
         self.error: str | None = None
         self.records = 0
         self.bytes_written = 0
+        self.durable_bytes = 0  # written and fsynced (or just written, without fsync)
         self.sync_writes = 0  # times the loop thread wrote because the buffer was full
         self.lost_records = 0  # records offered after a write error (counted, not written)
         self.bins = 0
@@ -165,9 +172,11 @@ class Recorder:
         self._io_lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        self._on_durable = on_durable
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "xb", buffering=0)  # noqa: SIM115 - owned until close()
         self._write_all(MAGIC)
+        self._made_durable(self.fsync)
         self._thread = threading.Thread(target=self._run, name=f"recorder:{self.path.name}",
                                         daemon=True)
         self._thread.start()
@@ -242,7 +251,7 @@ class Recorder:
         with self._io_lock:
             with self._buf_lock:
                 batch, self._buf, self._buf_bytes = self._buf, [], 0
-            if not batch:
+            if not batch and self.durable_bytes == self.bytes_written:
                 return
             if self.error is not None:
                 self.lost_records += len(batch)
@@ -253,14 +262,28 @@ class Recorder:
                                         zlib.crc32(payload, zlib.crc32(bytes((rtype,)))), rtype))
                 parts.append(payload)
             try:
-                self._write_all(b"".join(parts))
-                if self.fsync if fsync is None else fsync:
-                    os.fsync(self._f.fileno())
+                if parts:
+                    self._write_all(b"".join(parts))
+                # Also syncs what an earlier flush(fsync=False) (the loop's own) left unsynced.
+                self._made_durable(self.fsync if fsync is None else fsync)
             except OSError as exc:  # ENOSPC, EFBIG, EIO: stop writing, keep what is there
                 self.error = f"recording write failed: {exc.strerror or exc}"
                 self.lost_records += len(batch)
                 return
             self.records += len(batch)
+
+    def _made_durable(self, fsync: bool) -> None:
+        """fsync if asked, then tell ``on_durable`` how much of the file is safe to copy."""
+        if fsync:
+            os.fsync(self._f.fileno())
+        elif self.fsync:
+            return  # written, not yet synced: the next writer-thread flush syncs and reports
+        self.durable_bytes = self.bytes_written
+        if self._on_durable is not None:
+            try:
+                self._on_durable(self.durable_bytes)
+            except Exception as exc:  # the copy's problem, never the recording's
+                print(f"[recorder] on_durable failed: {exc!r}", file=sys.stderr, flush=True)
 
     def _run(self) -> None:
         while not self._closed:
@@ -317,6 +340,24 @@ def _decode(rtype: RecordType, payload: bytes) -> Any:
                  for k, a in v["state"].items()}
         return v["meta"], state
     return v
+
+
+def whole_records(buf: bytes | memoryview) -> int:
+    """Length of the longest prefix of ``buf`` (which starts at a record) made of whole
+    records; 0 if even the first record is cut. Framing only: CRCs are not checked."""
+    pos = 0
+    while pos + _HEAD.size <= len(buf):
+        (length,) = struct.unpack_from("<I", buf, pos)
+        end = pos + _HEAD.size + length
+        if end > len(buf):
+            break
+        pos = end
+    return pos
+
+
+def record_size(head: bytes | memoryview) -> int:
+    """Size of the record whose header starts ``head``."""
+    return _HEAD.size + struct.unpack_from("<I", head)[0]
 
 
 class LogReader:

@@ -59,6 +59,10 @@ class Keys:
     def recording(sid: str) -> str:  # stream: a session's recording log, record by record
         return f"{PREFIX}:session:{sid}:recording"
 
+    @staticmethod
+    def recording_owner(sid: str) -> str:  # string, with a TTL: the central recorder holding it
+        return f"{PREFIX}:session:{sid}:recording:owner"
+
     recordings = f"{PREFIX}:recordings"  # stream: one entry per recording started/ended
 
 

@@ -64,6 +64,7 @@ class SessionRunner:
         self.pipeline: LoopPipeline = build_pipeline(config, None)
         self.stop_requested = False
         self.recorder = None
+        self.mirror = None  # RecordingMirror, with redis.mirror_recording
         self.recording_path: Path | None = None
         # Every request and outcome, and every control event, in plain JSON lines.
         self.audit = AuditLog((audit_dir or run_dir) / f"{session_id}.audit.jsonl")
@@ -127,7 +128,14 @@ class SessionRunner:
 
         stamp = time.strftime("%Y%m%dT%H%M%S")
         self.recording_path = self.recordings_dir / f"{self.id}-{stamp}.splog"
-        self.recorder = Recorder(self.recording_path)
+        on_durable = None
+        if self.cfg.redis is not None and self.cfg.redis.mirror_recording:
+            from .recording_mirror import RecordingMirror
+
+            self.mirror = RecordingMirror(self.cfg.redis.url, self.id, self.recording_path,
+                                          _recording_summary(self.cfg))
+            on_durable = self.mirror.written
+        self.recorder = Recorder(self.recording_path, on_durable=on_durable)
         self.recorder.config({"session_id": self.id, "config": self.cfg.model_dump(),
                               "software": _software_versions()})
 
@@ -511,6 +519,7 @@ class SessionRunner:
             "decoder": dec.metadata() if dec is not None else None,
             "adapt": self.pipeline.adapt,
             "recording": str(self.recording_path) if self.recording_path else None,
+            "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
         }
 
@@ -527,7 +536,9 @@ class SessionRunner:
             self._set_state("stopped")
         if self.recorder is not None:
             self.recorder.event({"op": "disarm", "bin": binner.next_index, "reason": "stop"})
-            self.recorder.close()
+            final = self.recorder.close()
+            if self.mirror is not None:  # bounded wait; the status says what did not make it
+                self.mirror.close(final)
             self._write_status()
         self.audit.close()
         time.sleep(0.05)  # let the last safe command leave the socket
@@ -590,6 +601,12 @@ def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, str]:
         return None, f"cpu_dma_latency {us} us refused ({exc.strerror}); needs root"
     os.write(fd, struct.pack("i", us))
     return fd, f"cpu_dma_latency {us} us"
+
+
+def _recording_summary(cfg: SessionConfig) -> dict[str, Any]:
+    """What the recordings index says about a recording (the full config is its first record)."""
+    return {"session": cfg.name, "bin_ms": cfg.bin_ms, "channels": cfg.source.channels,
+            "decoder": cfg.decoder.type, "model": cfg.decoder.model, "stim": cfg.stim.modality}
 
 
 def _software_versions() -> dict[str, str]:

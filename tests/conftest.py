@@ -133,8 +133,9 @@ class RedisServer:
 
 
 def start_redis(workdir: Path, bind: tuple[str, ...] = ("127.0.0.1",),
-                password: str | None = None) -> RedisServer:
-    """A real redis-server (Debian's) on 127.0.0.1 (and ``bind``), no persistence.
+                password: str | None = None, port: int | None = None) -> RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1 (and ``bind``), no persistence, in
+    ``workdir`` (on ``port``: e.g. the port of one that was stopped, to restart it empty).
 
     Off loopback, Redis only serves clients that authenticate: give a ``password``.
     """
@@ -142,7 +143,7 @@ def start_redis(workdir: Path, bind: tuple[str, ...] = ("127.0.0.1",),
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", *bind, "--save", "",
                              "--appendonly", "no", "--dir", str(workdir),
                              *(["--requirepass", password] if password else [])],

@@ -171,3 +171,17 @@ def test_refuses_to_overwrite(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(FileExistsError):
         Recorder(path)
+
+
+def test_on_durable_reports_whole_records_once_synced(tmp_path):
+    path = tmp_path / "s.splog"
+    seen: list[int] = []
+    rec = Recorder(path, flush_interval_s=0.01, max_buffer_bytes=2000, on_durable=seen.append)
+    for i in range(300):  # the small buffer makes the loop write (unsynced) now and then
+        rec.input([b"t", b"%d" % i, b"y" * 100], recv_ns=i)
+    assert rec.sync_writes > 0
+    rec.close()
+    size = path.stat().st_size
+    assert seen[0] == len(MAGIC) and seen == sorted(seen) and seen[-1] == size
+    boundaries = {r.offset for r in read_log(path)} | {size}
+    assert set(seen) <= boundaries  # never a torn prefix
