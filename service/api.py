@@ -33,6 +33,7 @@ from .auth import ensure_admin_token, hash_token
 from .config import SessionConfig
 from .control import SessionUnreachable
 from .models import ModelJobs
+from .redis_streams import redact
 from .sessions import ACTIVE, SessionError, SessionManager, SessionNotFound
 from .store import Store
 from .ui import mount_ui, wait_closed
@@ -220,7 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Workers registered in Redis (scale-out), and the recent failovers."""
         if cluster is None:
             return {"redis": None, "workers": [], "failovers": []}
-        return {"redis": settings.redis_url.split("@")[-1],
+        return {"redis": redact(settings.redis_url),
                 "workers": [w.as_dict() for w in cluster.workers()],
                 "failovers": list(manager.failovers)}
 

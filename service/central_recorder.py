@@ -44,7 +44,7 @@ from typing import Any
 
 from .recorder import MAGIC
 from .recording_mirror import redis_client
-from .redis_streams import Keys
+from .redis_streams import Keys, redact
 
 LEASE_S = 10.0
 BLOCK_MS = 500
@@ -134,7 +134,7 @@ class CentralRecorder:
         self.out.mkdir(parents=True, exist_ok=True)
         renew = threading.Thread(target=self._renew_loop, name="leases", daemon=True)
         renew.start()
-        self.log(f"group {self.group!r} on {self.url}, writing to {self.out}")
+        self.log(f"group {self.group!r} on {redact(self.url)}, writing to {self.out}")
         failing = False
         while not self._stop.is_set():
             try:
@@ -266,6 +266,11 @@ class CentralRecorder:
             f = s.files.get(name) or self._open(s, name)
             if f is None:
                 return
+            if b"abandoned" in fields:  # the control plane lost the worker: close as is
+                self.log(f"{name}: abandoned ({fields[b'abandoned'].decode(errors='replace')})")
+                f.superseded = True
+                s.acks.append(eid)
+                continue
             if b"end" in fields:
                 if f.end_id is not None:
                     s.acks.append(f.end_id)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .recorder import MAGIC, record_size, whole_records
-from .redis_streams import Keys, connect
+from .redis_streams import Keys, connect, redact
 
 CHUNK_BYTES = 1 << 20  # largest entry, unless one record is larger
 RETRY_S = 0.5
@@ -141,7 +141,7 @@ class RecordingMirror:
     def _failed(self, exc: Exception) -> None:
         first = self.error is None
         self.failures += 1
-        self.error = (f"cannot mirror to Redis at {self.url}: {exc}; the local recording "
+        self.error = (f"cannot mirror to Redis at {redact(self.url)}: {exc}; the local recording "
                       f"goes on, {max(0, self._durable - self.mirrored)} bytes not mirrored yet")
         if first:
             print(f"[mirror {self.name}] {self.error}; retrying every {self.retry_s} s",

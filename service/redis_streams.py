@@ -25,9 +25,19 @@ def connect(url: str, **kwargs: Any):
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise ConnectionError(f"cannot reach Redis at {url}: {exc}; start redis-server or "
+        raise ConnectionError(f"cannot reach Redis at {redact(url)}: {exc}; start redis-server or "
                               "fix the URL (redis://[:password@]host:port/db)") from exc
     return client
+
+
+def redact(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host``: for every message and
+    status that shows a URL (they reach logs and API readers)."""
+    scheme, sep, rest = url.partition("://")
+    cred, at, host = rest.rpartition("@")
+    if not at or ":" not in cred:
+        return url
+    return f"{scheme}{sep}{cred.split(':', 1)[0]}:***@{host}"
 
 
 class Keys:
@@ -77,3 +87,9 @@ def fields_to_frames(fields: dict) -> list[bytes]:
     while f"f{len(frames)}" in d:
         frames.append(d[f"f{len(frames)}"])
     return frames
+
+
+def abandon_recording(r, sid: str, name: str, why: str) -> None:
+    """Tell the central recorder that ``name`` will get no end entry (its worker is lost),
+    so it closes its copy as it stands instead of waiting for one."""
+    r.xadd(Keys.recording(sid), {"name": name, "abandoned": why})

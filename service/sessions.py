@@ -29,6 +29,7 @@ from typing import Any
 
 from .config import SessionConfig
 from .control import SessionUnreachable, call
+from .redis_streams import redact
 from .store import Store
 
 ACTIVE = ("calibrating", "running")
@@ -107,7 +108,7 @@ class SessionManager:
                                    "updated_at", "config", "recording")}
         if (out["config"].get("redis") or {}).get("url"):  # never show a Redis password
             out["config"] = _merge(out["config"], {"redis": {
-                "url": _redact_url(out["config"]["redis"]["url"])}})
+                "url": redact(out["config"]["redis"]["url"])}})
         out["output_endpoint"] = row["output"]
         out["worker"] = _worker_of(row)
         out["live"] = live
@@ -462,6 +463,8 @@ class SessionManager:
         why = (f"{self.cluster.why_lost(wid)}; its sessions were stopped there or drove "
                "stimulation safe (worker lease, session parent watch, stimulator heartbeats)")
         self.store.update_session(sid, state="failed", error=why, pid=None)
+        if cfg.redis is None or cfg.redis.mirror_recording:  # workers mirror by default
+            self._abandon_recording(sid, row["recording"], why)
         event = {"session": sid, "worker": wid, "at": time.time(), "action": "failed",
                  "error": why}
         if cfg.failover == "restart":
@@ -476,13 +479,16 @@ class SessionManager:
         return event
 
 
-def _redact_url(url: str) -> str:
-    """redis://user:secret@host -> redis://user:***@host"""
-    scheme, sep, rest = url.partition("://")
-    cred, at, host = rest.rpartition("@")
-    if not at or ":" not in cred:
-        return url
-    return f"{scheme}{sep}{cred.split(':', 1)[0]}:***@{host}"
+    def _abandon_recording(self, sid: str, recording: str | None, why: str) -> None:
+        """The lost worker will never end its recording's mirror: let the central copy close."""
+        if not recording:
+            return
+        from .redis_streams import abandon_recording
+
+        try:
+            abandon_recording(self.cluster.r, sid, Path(recording).name, why)
+        except Exception as exc:  # the copy then stays open until the session records again
+            print(f"[spikeloop] could not mark {recording} abandoned: {exc}", file=sys.stderr)
 
 
 def _worker_of(row: dict[str, Any]) -> str | None:

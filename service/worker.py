@@ -34,7 +34,7 @@ from typing import Any
 from .cluster import redis_now_ms
 from .config import RedisConfig, SessionConfig
 from .control import SessionUnreachable
-from .redis_streams import Keys, connect
+from .redis_streams import Keys, connect, redact
 from .sessions import SessionError, SessionManager, SessionNotFound
 from .store import Store
 
@@ -53,7 +53,12 @@ class Worker:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.manager = SessionManager(data_dir, Store(data_dir / "worker.db"),
                                       exit_with_parent=True)
-        self.r = connect(redis_url, socket_timeout=2.0)
+        self.r = connect(redis_url, socket_timeout=2.0)  # requests (XREAD blocks 0.5 s)
+        # Heartbeats on their own connection, with timeouts well inside the lease, so a
+        # partition is noticed (and the sessions stopped) before the lease is long gone.
+        beat_timeout = max(0.1, lease_s / 4)
+        self._hb = connect(redis_url, socket_timeout=beat_timeout,
+                           socket_connect_timeout=beat_timeout)
         self._stop = threading.Event()
         self._last_beat = time.monotonic()
         self.fenced = False
@@ -70,14 +75,14 @@ class Worker:
         self.r.delete(Keys.worker_requests(self.id))  # a fresh id: nothing queued is ours
         self._beat()
         print(f"[worker {self.id}] registered: capacity {self.capacity}, labels {self.labels}, "
-              f"Redis {self.redis_url.split('@')[-1]}", file=sys.stderr, flush=True)
+              f"Redis {redact(self.redis_url)}", file=sys.stderr, flush=True)
 
     def _beat(self) -> None:
-        pipe = self.r.pipeline()
+        pipe = self._hb.pipeline()
         pipe.hset(Keys.worker(self.id), mapping={
             "host": socket.gethostname(), "pid": os.getpid(), "capacity": self.capacity,
             "labels": json.dumps(self.labels), "sessions": json.dumps(self._active())})
-        pipe.zadd(Keys.workers, {self.id: redis_now_ms(self.r)})
+        pipe.zadd(Keys.workers, {self.id: redis_now_ms(self._hb)})
         pipe.execute()
         self._last_beat = time.monotonic()
 
@@ -96,13 +101,24 @@ class Worker:
     def _fence(self, why: str) -> None:
         """The lease ran out: the control plane may restart our sessions elsewhere."""
         self.fenced = True
-        print(f"[worker {self.id}] {why}: stopping every session (stimulation safe)",
+        sids = self._active()
+        print(f"[worker {self.id}] {why}: stopping every session (stimulation safe): {sids}",
               file=sys.stderr, flush=True)
-        for sid in self._active():
+        t0 = time.monotonic()
+
+        def stop(sid: str) -> None:  # all at once: each one disarms as soon as it is told
             try:
                 self.manager.stop(sid)
+                print(f"[worker {self.id}] {sid} stopped after {time.monotonic() - t0:.2f} s",
+                      file=sys.stderr, flush=True)
             except Exception as exc:
                 print(f"[worker {self.id}] stopping {sid} failed: {exc}", file=sys.stderr)
+
+        threads = [threading.Thread(target=stop, args=(sid,)) for sid in sids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
     # ------------------------------------------------------------------ requests
     def serve(self) -> None:

@@ -78,6 +78,12 @@ def cluster(tmp_path: Path, redis_server):
                                                "--worker-timeout", str(TIMEOUT_S)))
     workers = [start_worker(redis_server.url, tmp_path, "wA", labels=("rig=A",)),
                start_worker(redis_server.url, tmp_path, "wB", labels=("rig=B",))]
+    # The central recorder: every session's log, written again in one place.
+    central_log = open(tmp_path / "central.log", "wb")
+    central = subprocess.Popen([PY, "-m", "clients.cli", "recorder", "--redis", redis_server.url,
+                                "--out", str(tmp_path / "central"), "--no-nwb"], cwd=REPO,
+                               stdout=central_log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
     c = srv.client()
     try:
         wait_for(lambda: len([w for w in c._call("GET", "/workers")["workers"]
@@ -86,6 +92,9 @@ def cluster(tmp_path: Path, redis_server):
     finally:
         for w in workers:
             stop_worker(w)
+        central.terminate()
+        central.wait(30)
+        central_log.close()
         stop_server(srv)
         leaked = processes_mentioning(str(tmp_path))
         for pid in leaked:
@@ -157,11 +166,20 @@ def test_sessions_spread_over_workers_and_fail_over_when_one_dies(cluster):
             if placed[sid] == "wB":
                 assert _running(c, sid)
 
-        # Nothing recorded on the dead host is lost: each log reads to its last whole record.
+        # Nothing recorded on the dead host is lost: each log reads to its last whole
+        # record, and the central copy, closed when the control plane marked it abandoned,
+        # is a byte prefix of it that reads the same way.
+        central_dir = srv.data_dir.parent / "central"
         for path in recordings.values():
             records = list(read_log(path))
             assert records[0].type == RecordType.CONFIG
             assert sum(r.type == RecordType.BIN for r in records) >= 10
+            wait_for(lambda path=path: f"{path.name}: abandoned" in (
+                srv.data_dir.parent / "central.log").read_text(), 30,
+                f"the central recorder to close its copy of {path.name}")
+            copy = (central_dir / path.name).read_bytes()
+            assert path.read_bytes().startswith(copy)
+            assert sum(r.type == RecordType.BIN for r in read_log(central_dir / path.name)) >= 10
 
         for sid in sids:
             c.stop(sid)
@@ -199,7 +217,9 @@ def test_a_worker_that_loses_redis_stops_its_sessions(cluster):
         finally:
             redis_srv.proc.send_signal(signal.SIGCONT)
         # The session stopped (not crashed), and its audit log ends disarmed.
-        assert Store(workers[0].data_dir / "worker.db").get_session(sid)["state"] == "stopped"
+        local = Store(workers[0].data_dir / "worker.db")
+        wait_for(lambda: local.get_session(sid)["state"] == "stopped", 30,
+                 "the worker to record the session as stopped")
         audit = [json.loads(x) for x in
                  (workers[0].data_dir / "audit" / f"{sid}.audit.jsonl").read_text().splitlines()]
         assert [a["state"] for a in audit if a.get("event") == "state"][-1] == "stopped"

@@ -124,9 +124,13 @@ def test_partitioned_host_fences_itself_before_its_sessions_restart_elsewhere(tm
                 _ip("link", "set", a.veth, "down")  # partition host A
                 t_cut = time.time()
 
-                wait_for(lambda: not any(processes_mentioning(sid) for sid in on_a), 30,
+                # A session's loop ends by disarming, then writes its status "stopped"
+                # (before it flushes its recording): that file's time is when it stopped.
+                status = {sid: tmp_path / "wA" / "run" / f"{sid}.status.json" for sid in on_a}
+                wait_for(lambda: all(json.loads(p.read_text())["state"] == "stopped"
+                                     for p in status.values()), 30,
                          "host A's worker to stop its sessions when its lease ran out")
-                t_fenced = time.time()
+                t_fenced = max(p.stat().st_mtime for p in status.values())
                 restarted = next(sid for sid in on_a
                                  if sids[sid]["config"]["failover"] == "restart")
                 wait_for(lambda: c.session(restarted)["worker"] == "wB"
@@ -134,7 +138,9 @@ def test_partitioned_host_fences_itself_before_its_sessions_restart_elsewhere(tm
                 event = next(e for e in c._call("GET", "/workers")["failovers"]
                              if e["session"] == restarted)
                 # Never two copies: A had stopped its copy before B was asked to start one.
-                assert t_cut < t_fenced <= event["at"] + 0.5, (t_cut, t_fenced, event)
+                assert t_cut < t_fenced < event["at"], (t_cut, t_fenced, event)
+                wait_for(lambda: not processes_mentioning(str(tmp_path / "wA" / "run")), 30,
+                         "host A's session processes to exit")
                 assert c.session(restarted)["live"]["armed"] is False
                 shown = json.dumps([c.session(sid) for sid in sids]) + json.dumps(
                     c._call("GET", "/workers"))
