@@ -116,7 +116,8 @@ class Server:
             c = srv.client()          # ControlClient with the admin token
     """
 
-    def __init__(self, data_dir: Path | None = None):
+    def __init__(self, data_dir: Path | None = None, extra: tuple[str, ...] = ()):
+        self.extra = extra  # more `spikeloop serve` options, e.g. ("--redis", URL)
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="spikeloop-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -128,7 +129,7 @@ class Server:
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "clients.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)], cwd=REPO, start_new_session=True,
+             "--data-dir", str(self.data_dir), *self.extra], cwd=REPO, start_new_session=True,
             stderr=subprocess.DEVNULL)
         probe = ControlClient(self.url)
 

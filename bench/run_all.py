@@ -63,7 +63,8 @@ def jobs(quick: bool, long: bool) -> list[tuple[str, str, list[str], float]]:
             ("decoders", "", ["decoders.py", *q], 1200 if quick else 7200),
             ("closed_loop", "", ["closed_loop.py", *q], 900 if quick else 3600),
             ("replay", "", ["replay.py", *q], 900 if quick else 3600),
-            ("fuzz", "", ["fuzz.py", *q], 900 if quick else 3600)]
+            ("fuzz", "", ["fuzz.py", *q], 900 if quick else 3600),
+            ("cluster", "", ["cluster.py", *q], 600 if quick else 1800)]
     return out
 
 
@@ -213,6 +214,12 @@ def print_summary(res: dict) -> None:
             for d, v in by.items() if isinstance(v, dict)))
     if "error" in dec:
         print(f"decoders: ERROR {dec['error']}")
+    if "cluster" in res:
+        cl = res["cluster"]
+        print(f"cluster: disarm p50 {cl.get('disarm_local_p50_ms', cl.get('error'))} ms local, "
+              f"{cl.get('disarm_worker_p50_ms', '-')} ms via a worker; failover running after "
+              f"{cl.get('failover_running_s', '-')} s; Redis {cl.get('redis_mb_per_session', '-')}"
+              " MB per session")
     if "fuzz" in res:
         fz = res["fuzz"]
         print(f"fuzz: {fz.get('cases', '-')} cases, {fz.get('crashes', '-')} crashes"
