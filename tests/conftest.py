@@ -102,14 +102,19 @@ def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...]
     return srv
 
 
-def stop_server(srv: Server) -> None:
-    if srv.proc.poll() is None:
-        srv.proc.send_signal(signal.SIGINT)
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 30) -> None:
+    """Ask ``proc`` to stop with ``sig``; kill it if it has not within ``wait_s``."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
         try:
-            srv.proc.wait(30)
+            proc.wait(wait_s)
         except subprocess.TimeoutExpired:
-            srv.proc.kill()
-            srv.proc.wait()
+            proc.kill()
+            proc.wait()
+
+
+def stop_server(srv: Server) -> None:
+    stop_process(srv.proc, signal.SIGINT)  # the API stops its sessions on SIGINT
 
 
 @pytest.fixture
@@ -167,12 +172,7 @@ def start_redis(workdir: Path, bind: tuple[str, ...] = ("127.0.0.1",),
 
 
 def stop_redis(srv: RedisServer) -> None:
-    srv.proc.terminate()
-    try:
-        srv.proc.wait(10)
-    except subprocess.TimeoutExpired:
-        srv.proc.kill()
-        srv.proc.wait()
+    stop_process(srv.proc, wait_s=10)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from tests.conftest import (
     SimThread,
     processes_mentioning,
     start_server,
+    stop_process,
     stop_server,
     wait_for,
 )
@@ -62,16 +63,6 @@ def start_worker(redis_url: str, root: Path, name: str, capacity: int = 3,
     return WorkerProc(name, data, subprocess.Popen(cmd, cwd=REPO, start_new_session=True))
 
 
-def stop_worker(w: WorkerProc) -> None:
-    if w.proc.poll() is None:
-        w.proc.send_signal(signal.SIGTERM)
-        try:
-            w.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait()
-
-
 @pytest.fixture
 def cluster(tmp_path: Path, redis_server):
     srv = start_server(tmp_path / "cp", extra=("--redis", redis_server.url,
@@ -91,7 +82,7 @@ def cluster(tmp_path: Path, redis_server):
         yield srv, c, workers, redis_server
     finally:
         for w in workers:
-            stop_worker(w)
+            stop_process(w.proc)  # SIGTERM: the worker stops its sessions
         central.terminate()
         central.wait(30)
         central_log.close()
