@@ -132,13 +132,15 @@ class RedisServer:
     proc: subprocess.Popen
 
 
-def start_redis(workdir: Path) -> RedisServer:
-    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``."""
+def start_redis(workdir: Path, port: int | None = None) -> RedisServer:
+    """A real redis-server (Debian's) on 127.0.0.1, no persistence, in ``workdir``.
+
+    ``port``: restart a server where clients expect it (outage tests)."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                              "--appendonly", "no", "--dir", str(workdir)],
                             stdout=subprocess.DEVNULL, start_new_session=True)
@@ -181,11 +183,12 @@ class SimThread:
     """A simulated motor source published from a thread of the test process.
 
     ``inject(step) -> list[frames]`` may return extra (e.g. malformed) frames to send
-    on the same socket after a given step.
+    on the same socket after a given step. ``publisher``: publish through this one (e.g.
+    to a Redis stream) instead of a SpikePublisher on a free port.
     """
 
     def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
-                 source=None, stim_endpoint: str | None = None):
+                 source=None, stim_endpoint: str | None = None, publisher=None):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
@@ -194,7 +197,7 @@ class SimThread:
         self.sim = source or MotorCortexSim(units=units, seed=seed)
         units = self.sim.channels
         self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop
-        self.pub = SpikePublisher(self.endpoint, units)
+        self.pub = publisher or SpikePublisher(self.endpoint, units)
         self.inject = inject
         self.steps = 0
         self._stop = threading.Event()
