@@ -4,7 +4,11 @@ The loop sends each output message to its PUB socket as before, then offers the 
 frames to an inproc PUSH without blocking (:meth:`OutputMirror.tee`): a few µs, and
 when the queue is full (Redis slow or gone) the message is counted as ``dropped``,
 as a PUB drops at its high-water mark. A thread drains the queue and XADDs batches
-(one pipeline, one round trip) to ``Keys.output(sid)`` with ``MAXLEN ~ maxlen``.
+(one pipeline, one round trip) to ``Keys.output(sid)`` with ``MAXLEN ~ maxlen``, at
+most every ``interval_s``: the thread needs the GIL to build a batch, and waking it
+for every message (two per bin at 1 kHz) delays the loop when a frame arrives during
+a write. Batching costs the stream's readers up to ``interval_s`` of delay; the
+stimulator reads the PUB, never this stream.
 A batch lost to a Redis error is counted as ``failed``; the thread then reconnects
 with backoff while the queue absorbs (or drops) what the loop keeps sending.
 """
@@ -22,9 +26,10 @@ from .redis_streams import Backoff, connect, frames_to_fields, no_retry
 
 class OutputMirror:
     def __init__(self, url: str, key: str, maxlen: int, ctx: zmq.Context, endpoint: str,
-                 hwm: int = 10_000, batch: int = 64):
+                 hwm: int = 10_000, batch: int = 256, interval_s: float = 0.01):
         self.url, self.key, self.maxlen = url, key, maxlen
         self.ctx, self.endpoint, self.hwm, self.batch = ctx, endpoint, hwm, batch
+        self.interval_s = interval_s
         self.sent = 0  # entries written to Redis
         self.dropped = 0  # queue full: never reached the mirror thread (counted by the loop)
         self.failed = 0  # lost with a batch that Redis refused or a broken connection
@@ -117,6 +122,8 @@ class OutputMirror:
                                   approximate=True)
                     pipe.execute()
                     self.sent += len(batch)
+                    if not stopping and len(batch) < self.batch:
+                        self._stop.wait(self.interval_s)  # let the next batch gather
                 except Exception as exc:  # RedisError: the batch is lost, counted
                     self._failed(exc, len(batch))
                     client.close()
