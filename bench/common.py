@@ -231,6 +231,84 @@ class SimFeeder:
         return t0
 
 
+class StimWaiter:
+    """The stimulator side of a latency measurement: a SUB on a session's ``stim`` topic."""
+
+    def __init__(self, endpoint: str):
+        self.sock = zmq.Context.instance().socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"stim")
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def wait(self, for_seq: int, timeout_ns: int) -> int | None:
+        """``now_ns()`` when the command for input frame ``for_seq`` arrives; None if it
+        does not within ``timeout_ns``."""
+        from service import protocol as P
+
+        deadline = now_ns() + timeout_ns
+        while True:
+            # poll() takes whole ms but returns as soon as a message is there
+            left_ms = max(1, -(-(deadline - now_ns()) // 1_000_000))
+            if not self.sock.poll(left_ms):
+                return None
+            msg = P.decode(self.sock.recv_multipart())
+            if msg.header.extra.get("in_seq") == for_seq:
+                return now_ns()
+            if now_ns() > deadline:
+                return None
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+class RedisProcess:
+    """A redis-server of our own on 127.0.0.1 (no persistence), or an existing one by URL.
+
+        with RedisProcess() as r:    # r.url: redis://127.0.0.1:PORT/0
+    """
+
+    def __init__(self, url: str | None = None):
+        self.url = url
+        self.proc: subprocess.Popen | None = None
+        self._dir: str | None = None
+
+    def start(self) -> RedisProcess:
+        from service.redis_streams import connect
+
+        if self.url is None:
+            exe = shutil.which("redis-server")
+            if exe is None:
+                raise SystemExit("redis-server not found: install it (apt-get install "
+                                 "redis-server) or pass --redis URL")
+            port = free_port()
+            self._dir = tempfile.mkdtemp(prefix="spikeloop-redis-")
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", self._dir], stdout=subprocess.DEVNULL,
+                start_new_session=True)
+            self.url = f"redis://127.0.0.1:{port}/0"
+        wait_for(lambda: connect(self.url).ping(), 20, f"Redis at {self.url}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def wait_running(c, sid: str, keep_feeding, timeout_s: float = 120) -> None:
     """Call ``keep_feeding()`` (send a bin, pace) until the session has calibrated."""
     deadline = time.monotonic() + timeout_s

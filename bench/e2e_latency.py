@@ -40,9 +40,9 @@ from common import (  # noqa: E402
     PlatformProbe,
     Server,
     SimFeeder,
+    StimWaiter,
     helper_main,
     measure_floor,
-    now_ns,
     overlaps_stall,
     percentiles,
     set_fifo,
@@ -85,25 +85,10 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "cpu_dma_latency_us": cpu_dma_latency_us,
         })
         sid = s["id"]
-        stim = ctx.socket(zmq.SUB)
-        stim.setsockopt(zmq.SUBSCRIBE, b"stim")
-        stim.connect(s["output_endpoint"])
+        stim = StimWaiter(s["output_endpoint"])
         feeder = SimFeeder(pub, channels, bin_ns, seed=1)
         send_bin = feeder.send
-
-        def await_stim(for_seq: int, timeout_ns: int) -> int | None:
-            deadline = now_ns() + timeout_ns
-            while True:
-                # poll() takes whole ms but returns as soon as a message is there
-                left_ms = max(1, -(-(deadline - now_ns()) // 1_000_000))
-                if not stim.poll(left_ms):
-                    return None
-                msg = P.decode(stim.recv_multipart())
-                if msg.header.extra.get("in_seq") == for_seq:
-                    return now_ns()
-                if now_ns() > deadline:
-                    return None
-
+        await_stim = stim.wait
         t_next = time.perf_counter()
 
         def one_bin() -> None:

@@ -64,7 +64,8 @@ def jobs(quick: bool, long: bool) -> list[tuple[str, str, list[str], float]]:
             ("closed_loop", "", ["closed_loop.py", *q], 900 if quick else 3600),
             ("replay", "", ["replay.py", *q], 900 if quick else 3600),
             ("fuzz", "", ["fuzz.py", *q], 900 if quick else 3600),
-            ("cluster", "", ["cluster.py", *q], 600 if quick else 1800)]
+            ("cluster", "", ["cluster.py", *q], 600 if quick else 1800),
+            ("redis_path", "", ["redis_path.py", *q], 600 if quick else 1800)]
     return out
 
 
@@ -220,6 +221,11 @@ def print_summary(res: dict) -> None:
               f"{cl.get('disarm_worker_p50_ms', '-')} ms via a worker; failover running after "
               f"{cl.get('failover_running_s', '-')} s; Redis {cl.get('redis_mb_per_session', '-')}"
               " MB per session")
+    if "redis_path" in res:
+        rp = res["redis_path"]
+        print(f"redis_path: added p50 {rp.get('added_p50_us', rp.get('error'))} us, p99 "
+              f"{rp.get('added_p99_us', '-')} us (ratio p50 {rp.get('ratio_p50', '-')}x); "
+              f"redis_events_per_s {rp.get('redis_events_per_s', '-')}")
     if "fuzz" in res:
         fz = res["fuzz"]
         print(f"fuzz: {fz.get('cases', '-')} cases, {fz.get('crashes', '-')} crashes"
@@ -239,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          "latency point")
     ap.add_argument("--long", action="store_true", help=f"{HEADLINE} runs for 10 minutes")
     ap.add_argument("--only", nargs="*", help="groups to run (e2e_latency, throughput, "
-                                              "decoders, closed_loop, replay, fuzz)")
+                                              "decoders, closed_loop, replay, fuzz, "
+                                              "redis_path)")
     ap.add_argument("--json", type=Path, default=REPO / "results" / "bench.json")
     a = ap.parse_args(argv)
     logs = a.json.parent / "logs"

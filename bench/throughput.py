@@ -139,11 +139,23 @@ def ingest(server: Server, c, eps: Endpoints, channels: int, decoder: str, recor
     pub.setsockopt(zmq.SNDHWM, 1_000_000)
     src = eps.new("src")
     pub.bind(src)
-    source = EventSource(pub, channels)
+    try:
+        return ingest_from(server, c, EventSource(pub, channels), _session_cfg(
+            f"ingest-{channels}", src, channels, decoder, record, eps.output(), cal_s),
+            rates, seconds)
+    finally:
+        pub.close(0)
+
+
+def ingest_from(server: Server, c, source: EventSource, cfg: dict, rates: list[int],
+                seconds: float) -> dict:
+    """The ingest sweep for a session made from ``cfg``, fed by ``source`` (whose ``pub``
+    is a PUB socket, or anything with its ``send_multipart``, e.g. a Redis stream sink)."""
+    ctx = zmq.Context.instance()
+    channels = cfg["source"]["channels"]
     stim = None
     try:
-        s = server.start_session(c, _session_cfg(f"ingest-{channels}", src, channels, decoder,
-                                                 record, eps.output(), cal_s))
+        s = server.start_session(c, cfg)
         sid = s["id"]
         stim = ctx.socket(zmq.SUB)
         stim.setsockopt(zmq.SUBSCRIBE, b"stim")
@@ -171,14 +183,15 @@ def ingest(server: Server, c, eps: Endpoints, channels: int, decoder: str, recor
             if not lv["sustained"]:
                 break
         metrics = c.metrics(sid)
+        live = c.session(sid)["live"] or {}
         c.stop(sid)
     finally:
-        pub.close(0)
         if stim is not None:
             stim.close(0)
     ok = [lv for lv in levels if lv["sustained"]]
     rt = [lv for lv in ok if lv["p99_us"] <= 1000]
-    return {"channels": channels, "bin_ms": BIN_NS / 1e6, "decoder": decoder, "record": record,
+    return {"channels": channels, "bin_ms": BIN_NS / 1e6, "decoder": cfg["decoder"]["type"],
+            "record": cfg["record"], **({"redis": live["redis"]} if live.get("redis") else {}),
             "seconds_per_rate": seconds, "levels": levels,
             "events_per_s": max((lv["rate"] for lv in ok), default=0),
             "events_per_s_at_p99_1ms": max((lv["rate"] for lv in rt), default=0),

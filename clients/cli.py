@@ -127,18 +127,40 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
         baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0),
         curve_secret: Path | None = typer.Option(None, help="CurveZMQ secret key: encrypt"),
         curve_allow: Path | None = typer.Option(None, help="Directory of session public keys "
-                                                           "allowed to subscribe")):
+                                                           "allowed to subscribe"),
+        redis: str | None = typer.Option(None, help="Publish to a Redis stream on this server "
+                                                    "(redis://host:port/db) instead of ZeroMQ"),
+        redis_stream: str | None = typer.Option(None, help="Stream name (the sessions' "
+                                                           "source.redis_stream)"),
+        redis_maxlen: int = typer.Option(100_000, min=1, help="Trim the stream to about this "
+                                                              "many entries")):
     """Publish a simulated neural source on the wire protocol.
 
-    Example: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
+    With --redis and --redis-stream, frames go to that Redis stream instead of the ZeroMQ
+    endpoint (sessions on other hosts read it with source.redis_stream).
+
+    Examples: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
+              spikeloop sim --redis redis://10.0.0.5:6379/0 --redis-stream rig1
     """
     from .publisher import SpikePublisher
     from .simrunner import run_source
 
+    if bool(redis) != bool(redis_stream):
+        raise typer.BadParameter("--redis and --redis-stream go together: the server, and the "
+                                 "stream name the sessions read (source.redis_stream)")
     src = _make_source(source, units, seed, baseline_hz, modulation_hz)
+    sink = None
+    if redis:
+        from .redis_publisher import RedisStreamSink
+
+        try:
+            sink = RedisStreamSink(redis, redis_stream, maxlen=redis_maxlen)
+        except (ConnectionError, ValueError) as exc:
+            raise typer.BadParameter(str(exc)) from None
     pub = SpikePublisher(endpoint, src.channels, stream=f"sim-{source}",
                          curve_secret_file=str(curve_secret) if curve_secret else None,
-                         curve_allowed_dir=str(curve_allow) if curve_allow else None)
+                         curve_allowed_dir=str(curve_allow) if curve_allow else None,
+                         sink=sink)
     typer.echo(f"{source} source: {src.channels} units on {pub.endpoint}", err=True)
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
@@ -274,23 +296,49 @@ def keys(name: str = typer.Argument(..., help="Certificate name, e.g. rig1 or st
 def stream(sid: str = typer.Argument(..., help="Session id"),
            api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
            every: int = typer.Option(10, help="Print every N-th bin"),
-           token: str | None = typer.Option(None)):
+           token: str | None = typer.Option(None),
+           redis: str | None = typer.Option(None, help="Read the session's Redis output "
+                                                       "stream on this server instead"),
+           group: str = typer.Option("spikeloop-stream", help="With --redis: consumer group"),
+           consumer: str | None = typer.Option(None, help="With --redis: consumer name "
+                                                          "(default host-pid)"),
+           start: str = typer.Option("$", help="With --redis: where a new group starts, "
+                                               "$ (new entries) or 0 (the whole stream)")):
     """Print a session's decoded outputs with a running R² against the truth.
 
-    Example: spikeloop stream 3f2a9c1b7d10 --every 50
+    With --redis, read the session's output stream (redis.mirror_output) as a consumer of
+    GROUP: consumers of one group share the entries, and none is lost while one is away.
+
+    Examples: spikeloop stream 3f2a9c1b7d10 --every 50
+              spikeloop stream 3f2a9c1b7d10 --redis redis://10.0.0.5:6379/0 --group lab
     """
+    if redis:
+        from .redis_stream import GroupReader
+
+        try:
+            reader = GroupReader(redis, sid, group, consumer, start)
+        except ConnectionError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        _follow(reader, every)
+        return
     with _client(api, data_dir, token) as c:
         endpoint = c.session(sid)["output_endpoint"]
     if not endpoint:
         typer.echo(f"session {sid} has no output yet: start it first", err=True)
         raise typer.Exit(1)
-    _follow(endpoint, every)
+    _follow(_stream_client(endpoint), every)
 
 
-def _follow(endpoint: str, every: int, should_stop=lambda: False) -> None:
-    from .stream import RunningR2, StreamClient
+def _stream_client(endpoint: str):
+    from .stream import StreamClient
 
-    sc = StreamClient(endpoint, topics=(b"decoded", b"heartbeat"))
+    return StreamClient(endpoint, topics=(b"decoded", b"heartbeat"))
+
+
+def _follow(sc, every: int, should_stop=lambda: False) -> None:
+    """Print from ``sc`` (a StreamClient or a GroupReader) until stopped; closes it."""
+    from .stream import RunningR2
+
     r2 = RunningR2()
     n = 0
     try:
@@ -301,6 +349,8 @@ def _follow(endpoint: str, every: int, should_stop=lambda: False) -> None:
             if u.kind == "heartbeat":
                 if u.fields.get("state") == "calibrating" and n == 0:
                     typer.echo(f"calibrating... ({u.fields.get('bins', 0)} bins)", err=True)
+                continue
+            if u.kind != "decoded":
                 continue
             n += 1
             if u.truth is not None and len(u.truth) == len(u.decoded):
@@ -469,7 +519,8 @@ def models(data_dir: Path = typer.Option(DEFAULT_DATA)):
 def bench(quick: bool = typer.Option(False, help="Every benchmark's short version (~15 min)"),
           long: bool = typer.Option(False, help="The 1024-channel SNN latency run lasts 10 min"),
           only: list[str] = typer.Option([], help="Only these groups (e2e_latency, throughput, "
-                                                  "decoders, closed_loop, replay, fuzz)"),
+                                                  "decoders, closed_loop, replay, fuzz, "
+                                                  "redis_path)"),
           json_path: Path = typer.Option(Path("results/bench.json"), "--json",
                                          help="Where the combined results go")):
     """Run every benchmark (bench/run_all.py): one results JSON and a summary table.
@@ -527,7 +578,7 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
                    f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
         t_end = time.monotonic() + seconds if seconds else None
-        _follow(s["output_endpoint"], every=10,
+        _follow(_stream_client(s["output_endpoint"]), every=10,
                 should_stop=lambda: stop["flag"] or (t_end is not None
                                                      and time.monotonic() > t_end))
     except KeyboardInterrupt:

@@ -6,12 +6,16 @@ sequence numbers. Timestamps are the acquisition clock in nanoseconds.
     pub = SpikePublisher("tcp://127.0.0.1:5555", channels=96)
     pub.send_events(ids, times_ns, t_ns=now_ns)   # every few ms
     pub.send_behavior([x, y, vx, vy], t_ns=now_ns, names=["x", "y", "vx", "vy"])
+
+With ``sink=RedisStreamSink(url, name)`` (``clients.redis_publisher``) the same frames
+go to a Redis stream instead, for sessions on other hosts (``source.redis_stream``).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import zmq
@@ -21,19 +25,32 @@ from service.curve import serve_curve
 
 
 class SpikePublisher:
-    def __init__(self, endpoint: str, channels: int, stream: str = "sim",
+    def __init__(self, endpoint: str | None, channels: int, stream: str = "sim",
                  spikes_topic: bytes = b"spikes", behavior_topic: bytes = b"behavior",
                  high_water_mark: int = 100_000, bind: bool = True,
                  context: zmq.Context | None = None, curve_secret_file: str | None = None,
-                 curve_allowed_dir: str | None = None):
+                 curve_allowed_dir: str | None = None, sink: Any = None):
         self.channels = channels
         self.stream = stream
         self.spikes_topic = spikes_topic
         self.behavior_topic = behavior_topic
+        self.seq = 0
+        self._behavior_seq = 0
+        # A new epoch per publisher instance lets sessions tell a restart from a replay.
+        self.epoch = int.from_bytes(os.urandom(4), "little") | 1
+        self._auth = None
+        if sink is not None:  # anything with a PUB's send_multipart, e.g. a RedisStreamSink
+            if curve_secret_file:
+                raise ValueError("CurveZMQ encrypts ZeroMQ links only; protect Redis "
+                                 "instead (a password, rediss://)")
+            self.socket = sink
+            self.endpoint = sink.endpoint
+            return
+        if endpoint is None:
+            raise ValueError("SpikePublisher needs a ZeroMQ endpoint or a sink")
         self.socket = (context or zmq.Context.instance()).socket(zmq.PUB)
         self.socket.setsockopt(zmq.SNDHWM, high_water_mark)
         self.socket.setsockopt(zmq.LINGER, 500)
-        self._auth = None
         if curve_secret_file:  # encrypted; with a directory, only those sessions may listen
             self._auth = serve_curve(self.socket, curve_secret_file, curve_allowed_dir)
         if bind:
@@ -42,10 +59,6 @@ class SpikePublisher:
         else:
             self.socket.connect(endpoint)
             self.endpoint = endpoint
-        self.seq = 0
-        self._behavior_seq = 0
-        # A new epoch per publisher instance lets sessions tell a restart from a replay.
-        self.epoch = int.from_bytes(os.urandom(4), "little") | 1
 
     def send_events(self, ids: np.ndarray, times_ns: np.ndarray, t_ns: int,
                     extra: dict | None = None) -> None:

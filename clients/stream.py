@@ -2,6 +2,7 @@
 
 Subscribes to the session's output PUB socket (the session status gives its
 ``output_endpoint``). ``RunningR2`` scores decoded against true values online.
+``clients.redis_stream`` reads the same updates from the session's Redis stream.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ class Update:
     decoded: np.ndarray | None = None
     truth: np.ndarray | None = None
     fields: dict[str, Any] | None = None
+    entry_id: str | None = None  # the Redis stream entry, when read from Redis
+
+
+def to_update(frames: list) -> Update:
+    """One output message (decoded, stim.command or heartbeat); ProtocolError if malformed."""
+    msg = P.decode(frames)
+    h = msg.header
+    if h.kind == P.KIND_DECODED:
+        truth = h.extra.get("truth")
+        return Update(h.kind, h.t_ns, h.seq, np.array(msg.values),
+                      np.asarray(truth, float) if truth is not None else None)
+    return Update(h.kind, h.t_ns, h.seq, fields=dict(h.extra))
 
 
 class StreamClient:
@@ -43,13 +56,7 @@ class StreamClient:
     def recv(self, timeout_ms: int = 1000) -> Update | None:
         if not self.socket.poll(timeout_ms):
             return None
-        msg = P.decode(self.socket.recv_multipart())
-        h = msg.header
-        if h.kind == P.KIND_DECODED:
-            truth = h.extra.get("truth")
-            return Update(h.kind, h.t_ns, h.seq, np.array(msg.values),
-                          np.asarray(truth, float) if truth is not None else None)
-        return Update(h.kind, h.t_ns, h.seq, fields=dict(h.extra))
+        return to_update(self.socket.recv_multipart())
 
     def __iter__(self) -> Iterator[Update]:
         while True:

@@ -157,6 +157,10 @@ class SessionConfig(BaseModel):
             raise ValueError("spin with rt_priority would starve the CPU it runs on: pick one")
         if self.source.redis_stream and self.redis is None:
             raise ValueError("source.redis_stream needs redis.url: the Redis server to read from")
+        if self.source.redis_stream and self.security.source_public_key:
+            raise ValueError("security.source_public_key secures a ZeroMQ source, but with "
+                             "source.redis_stream the frames come from Redis: drop the key "
+                             "and protect Redis instead (a password, rediss://)")
         return self
 
     @property

@@ -76,6 +76,52 @@ class Keys:
     recordings = f"{PREFIX}:recordings"  # stream: one entry per recording started/ended
 
 
+def no_retry():
+    """A redis-py ``retry`` that never retries.
+
+    redis-py retries a failed command three times with backoff by default: a source would
+    stall for that long on every frame during an outage, and a reader could not count its
+    errors. Our callers count each failure and back off themselves.
+    """
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 0)
+
+
+class Backoff:
+    """Exponential delays between reconnection attempts: ``first`` doubling up to ``cap``."""
+
+    def __init__(self, first_s: float = 0.05, cap_s: float = 2.0):
+        self.first_s, self.cap_s = first_s, cap_s
+        self.delay_s = first_s
+
+    def next(self) -> float:
+        d = self.delay_s
+        self.delay_s = min(self.cap_s, d * 2)
+        return d
+
+    def reset(self) -> None:
+        self.delay_s = self.first_s
+
+
+def stream_entries(reply: Any) -> list[tuple[bytes, dict]]:
+    """The ``(id, fields)`` pairs of an XREAD/XREADGROUP reply (RESP2 list or RESP3 map)."""
+    if not reply:
+        return []
+    streams = reply.values() if isinstance(reply, dict) else (e for _, e in reply)
+    out: list[tuple[bytes, dict]] = []
+    for entries in streams:
+        out.extend((eid, fields) for eid, fields in entries)
+    return out
+
+
+def parse_id(entry_id: bytes | str) -> tuple[int, int]:
+    """``b"1700000000000-3"`` -> ``(1700000000000, 3)``, comparable."""
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)
+
+
 def frames_to_fields(frames: list[bytes]) -> dict[str, bytes]:
     return {f"f{i}": bytes(f) for i, f in enumerate(frames)}
 

@@ -101,20 +101,53 @@ class SessionRunner:
         if sec.output_curve:
             self._auth = serve_curve(self.output, secret, sec.output_allowed_clients)
         self.output_endpoint = _bind(self.output, config.output.endpoint)
-        self.ingest = self.ctx.socket(zmq.SUB)
-        self.ingest.setsockopt(zmq.RCVHWM, 1_000_000)
-        self.ingest.setsockopt(zmq.LINGER, 0)
-        if sec.source_public_key:
-            connect_curve(self.ingest, sec.source_public_key, secret)
-        self.ingest.setsockopt(zmq.SUBSCRIBE, self._spikes_topic)
-        self.ingest.setsockopt(zmq.SUBSCRIBE, self._behavior_topic)
-        self.ingest.connect(config.source.endpoint)
+        # Every output message goes through _emit: the PUB alone, or the PUB and then a
+        # non-blocking copy to the Redis mirror thread.
+        self._emit = self.output.send_multipart
+        self.redis_mirror = None
+        self.redis_reader = None
+        if config.redis is not None and config.redis.mirror_output:
+            from .redis_mirror import OutputMirror
+            from .redis_streams import Keys
+
+            self.redis_mirror = OutputMirror(
+                config.redis.url, Keys.output(session_id), config.redis.output_maxlen,
+                self.ctx, f"inproc://redis-mirror-{session_id}",
+                config.output.high_water_mark)
+            self._emit = self.redis_mirror.tee(self.output.send_multipart)
+        if config.source.redis_stream:
+            # Frames from Redis reach the loop on an inproc PULL, so the loop below reads
+            # this socket exactly as it reads a ZeroMQ source (see service.redis_ingest).
+            from .redis_ingest import StreamReader
+            from .redis_streams import Keys
+
+            self.ingest = self.ctx.socket(zmq.PULL)
+            self.ingest.setsockopt(zmq.LINGER, 0)
+            endpoint = f"inproc://redis-ingest-{session_id}"
+            self.ingest.bind(endpoint)
+            self.redis_reader = StreamReader(
+                config.redis.url, Keys.source(config.source.redis_stream), endpoint,
+                (self._spikes_topic, self._behavior_topic), self.ctx)
+        else:
+            self.ingest = self.ctx.socket(zmq.SUB)
+            self.ingest.setsockopt(zmq.RCVHWM, 1_000_000)
+            self.ingest.setsockopt(zmq.LINGER, 0)
+            if sec.source_public_key:
+                connect_curve(self.ingest, sec.source_public_key, secret)
+            self.ingest.setsockopt(zmq.SUBSCRIBE, self._spikes_topic)
+            self.ingest.setsockopt(zmq.SUBSCRIBE, self._behavior_topic)
+            self.ingest.connect(config.source.endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
 
     # ================================================================== lifecycle
     def start(self) -> None:
+        # Redis first: an unreachable server fails the start with its URL in the error.
+        if self.redis_mirror is not None:
+            self.redis_mirror.start()
+        if self.redis_reader is not None:
+            self.redis_reader.start()
         if self.cfg.record and self.recordings_dir is not None:
             self._open_recorder()
         if self.cfg.decoder.model:
@@ -287,7 +320,7 @@ class SessionRunner:
             m.counters["missed_bins"] += 1
         if r.decoded is not None:
             truth = r.truth
-            self.output.send_multipart(P.encode_array(
+            self._emit(P.encode_array(
                 b"decoded", P.KIND_DECODED, self.id, r.index, r.start_ns, r.decoded,
                 self.cfg.bin_ns,
                 {"truth": truth.tolist() if truth is not None else None}), copy=False)
@@ -314,7 +347,7 @@ class SessionRunner:
 
     def _publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
         self._out_seq += 1
-        self.output.send_multipart(P.encode_control(
+        self._emit(P.encode_control(
             b"stim", P.KIND_STIM, self.id, self._out_seq, t_ns,
             {"status": od["status"], "cmd": od["command"], "reasons": od["reasons"],
              "bin": index, "in_seq": in_seq, "armed": self.pipeline.guard.armed}))
@@ -328,7 +361,7 @@ class SessionRunner:
     def _heartbeat(self) -> None:
         self._out_seq += 1
         guard = self.pipeline.guard
-        self.output.send_multipart(P.encode_control(
+        self._emit(P.encode_control(
             b"heartbeat", P.KIND_HEARTBEAT, self.id, self._out_seq,
             self.pipeline.binner.start_of(self.pipeline.binner.next_index)
             if self.pipeline.binner.origin_ns is not None else 0,
@@ -451,6 +484,7 @@ class SessionRunner:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
         if cmd == "metrics":
+            self._redis_counters()
             return {"ok": True, "metrics": self.metrics.summary()}
         if cmd == "latency":
             extra.append(self.metrics.e2e_samples().tobytes())
@@ -493,6 +527,7 @@ class SessionRunner:
         guard = self.pipeline.guard
         dec = self.pipeline.decoder
         c = self.metrics.counters
+        self._redis_counters()
         return {
             "id": self.id,
             "state": self.state,
@@ -521,7 +556,22 @@ class SessionRunner:
             "recording": str(self.recording_path) if self.recording_path else None,
             "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
+            "redis": {"ingest": self.redis_reader.stats() if self.redis_reader else None,
+                      "mirror": self.redis_mirror.stats() if self.redis_mirror else None}
+            if self.cfg.redis is not None else None,
         }
+
+    def _redis_counters(self) -> None:
+        """Copy the Redis threads' counts into the loop's counters (and so to /metrics)."""
+        c = self.metrics.counters
+        if self.redis_reader is not None:
+            r = self.redis_reader
+            c["redis_entries"], c["redis_skipped"] = r.entries, r.skipped
+            c["redis_reader_errors"], c["redis_reconnects"] = r.errors, r.reconnects
+        if self.redis_mirror is not None:
+            m = self.redis_mirror
+            c["redis_mirror_sent"], c["redis_mirror_dropped"] = m.sent, m.dropped
+            c["redis_mirror_failed"], c["redis_mirror_errors"] = m.failed, m.errors
 
     def _shutdown(self) -> None:
         guard = self.pipeline.guard
@@ -542,6 +592,10 @@ class SessionRunner:
             self._write_status()
         self.audit.close()
         time.sleep(0.05)  # let the last safe command leave the socket
+        if self.redis_reader is not None:
+            self.redis_reader.stop()
+        if self.redis_mirror is not None:
+            self.redis_mirror.stop()  # after the last safe command: it is mirrored too
         for s in (self.ingest, self.output, self.control):
             s.close(0)
         if self._auth is not None:

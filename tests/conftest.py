@@ -188,11 +188,13 @@ class SimThread:
     """A simulated motor source published from a thread of the test process.
 
     ``inject(step) -> list[frames]`` may return extra (e.g. malformed) frames to send
-    on the same socket after a given step.
+    on the same socket after a given step. ``publisher``: publish through this one (e.g.
+    to a Redis stream) instead of a SpikePublisher on a free port.
     """
 
     def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
-                 source=None, stim_endpoint: str | None = None, host: str = "127.0.0.1"):
+                 source=None, stim_endpoint: str | None = None, host: str = "127.0.0.1",
+                 publisher=None):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
@@ -201,7 +203,7 @@ class SimThread:
         self.sim = source or MotorCortexSim(units=units, seed=seed)
         units = self.sim.channels
         self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop
-        self.pub = SpikePublisher(self.endpoint, units)
+        self.pub = publisher or SpikePublisher(self.endpoint, units)
         self.inject = inject
         self.steps = 0
         self._stop = threading.Event()
