@@ -83,10 +83,18 @@ def _latency(c, sid: str, n: int) -> np.ndarray:
     return np.asarray(c.http.get(f"/sessions/{sid}/latency").json()["e2e_ns"], np.int64)[-n:]
 
 
-def _counts(c, sid: str) -> dict[str, int]:
-    st = c.session(sid)["live"]  # the running process's own status
-    if not st or "counters" not in st:
-        raise RuntimeError(f"session {sid} is not live: {st}")
+def _counts(c, sid: str, patience_s: float = 15.0) -> dict[str, int]:
+    """The session's own counters. A session swamped by a rate it cannot sustain may not
+    answer a status call within its timeout while it works through the backlog: ask
+    again for ``patience_s`` before giving up (the level then fails on its drain time)."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        st = c.session(sid)["live"]  # the running process's own status
+        if st and "counters" in st:
+            break
+        if not (st or {}).get("unresponsive") or time.monotonic() > deadline:
+            raise RuntimeError(f"session {sid} is not live: {st}")
+        time.sleep(0.2)
     ctr = st["counters"]
     return {"events": ctr.get("events", 0), "frames": st["frames"], "bins": st["bins"],
             "gaps": st["gaps"], "rejected": sum(st["rejected"].values()),
