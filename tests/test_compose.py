@@ -41,11 +41,11 @@ def test_cluster_profile_has_redis_and_a_scalable_worker():
     assert services["worker"]["command"][1] == "worker"
     assert services["worker"]["deploy"]["replicas"] >= 2
     assert {s for s, v in services.items() if "cluster" in v.get("profiles", [])} >= {
-        "redis", "worker"}
+        "redis", "worker", "recorder"}
     assert "--redis" in services["spikeloop"]["command"]
 
 
-@pytest.mark.parametrize("name", ["spikeloop", "sim", "worker"])
+@pytest.mark.parametrize("name", ["spikeloop", "sim", "worker", "recorder"])
 def test_compose_commands_exist_and_their_options_parse(name):
     argv = _services()[name]["command"]
     assert argv[0] == "spikeloop"
