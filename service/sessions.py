@@ -175,6 +175,11 @@ class SessionManager:
             raise SessionError(f"session {sid} is already {row['state']}")
         if self.cluster is not None and not local:
             return self._start_remote(sid, SessionConfig.model_validate(row["config"]))
+        placement = row["config"].get("placement")
+        if placement and not local:  # it was meant for a particular host: never guess
+            raise SessionError(f"session {sid} asks for a worker with labels {placement}, but "
+                               "this control plane has no workers (spikeloop serve --redis "
+                               "URL); remove placement to run it here")
         from .storage import check_free
 
         check_free(self.recordings_dir, self.min_free_bytes)

@@ -215,3 +215,12 @@ def test_a_worker_that_loses_redis_stops_its_sessions(cluster):
                  (workers[0].data_dir / "audit" / f"{sid}.audit.jsonl").read_text().splitlines()]
         assert [a["state"] for a in audit if a.get("event") == "state"][-1] == "stopped"
         assert [a["status"] for a in audit if "status" in a][-1] == "safe"
+
+
+def test_placement_without_workers_is_refused_not_guessed(server):
+    c = server.client()
+    s = c.create_session(_config("tcp://127.0.0.1:5999", "meant-for-rig-2",
+                                 placement={"rig": "rig-2"}))
+    with pytest.raises(ControlError) as exc:
+        c.start(s["id"])
+    assert exc.value.status == 409 and "has no workers" in str(exc.value.detail)
