@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -60,7 +61,7 @@ from sources.motor import MotorCortexSim  # noqa: E402
 def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: float,
         warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0,
         dump: Path | None = None, cpu_dma_latency_us: int | None = None,
-        probe: bool = False) -> dict:
+        probe: bool = False, session_cpu: int | None = None) -> dict:
     eps = Endpoints(transport)
     server = Server()
     ctx = zmq.Context.instance()
@@ -83,6 +84,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "output": {"heartbeat_ms": 100, "endpoint": eps.output()},
             "rt_priority": rt_priority or None,
             "cpu_dma_latency_us": cpu_dma_latency_us,
+            "cpu": session_cpu,
         })
         sid = s["id"]
         stim = StimWaiter(s["output_endpoint"])
@@ -228,12 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="10 s of measurement")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--dump", type=Path, help="write the per-bin samples (.npz) here")
+    ap.add_argument("--session-cpu", type=int, default=None, metavar="N",
+                    help="pin the session to CPU N and this process to the others")
     ap.add_argument("--cpu-dma-latency", type=int, default=None, metavar="US",
                     help="the session's cpu_dma_latency_us (0: idle CPUs poll; root)")
     ap.add_argument("--platform-probe", action="store_true",
                     help="measure the platform's own wake-up stalls during the run (one "
                          "SCHED_FIFO 95 probe per CPU) and tell which missed bins they explain")
     a = ap.parse_args(argv)
+    if a.session_cpu is not None:  # before any thread exists: they inherit it
+        others = set(os.sched_getaffinity(0)) - {a.session_cpu}
+        os.sched_setaffinity(0, others or {a.session_cpu})
     seconds = min(a.seconds, 10.0) if a.quick else a.seconds
     if a.rt_priority:
         # The acquisition/stimulator side (this process) and the floor's echo process run
@@ -242,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         set_fifo(max(1, a.rt_priority - 1), children_too=False)
     res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
               rt_priority=a.rt_priority, dump=a.dump,
-              cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe)
+              cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe,
+              session_cpu=a.session_cpu)
     print_table(res)
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,8 @@ The end-to-end latency grid is 96/256/1024 channels x Kalman/SNN x 1/20 ms
 bins, plus 1024 channels/SNN/1 ms under 200 REST requests/s and the same
 config over ipc:// (the transport comparison, in the same run) and, as root,
 under SCHED_FIFO (how much of the tail other processes cause), and in the full
-real-time configuration (SCHED_FIFO, ipc://, cpu_dma_latency 0, platform probe).
+real-time configuration (SCHED_FIFO, ipc://, cpu_dma_latency 0, the session pinned,
+platform probe).
 
     .venv/bin/python bench/run_all.py --quick            # about 15 minutes
     .venv/bin/python bench/run_all.py                    # 60 s per latency point
@@ -53,12 +54,13 @@ def jobs(quick: bool, long: bool) -> list[tuple[str, str, list[str], float]]:
     if os.geteuid() == 0:  # the same under SCHED_FIFO: how much of the tail is the machine
         out.append(("e2e_latency", f"{HEADLINE}-fifo", [*head, "--rt-priority", "50"],
                     secs + 300))
-        # The real-time configuration: SCHED_FIFO, ipc://, idle CPUs polling, and the
-        # platform probe that tells which missed bins were the VM's own stalls.
+        # The real-time configuration: SCHED_FIFO, ipc://, idle CPUs polling, the session
+        # on a CPU of its own, and the platform probe that tells which missed bins were
+        # the VM's own stalls.
         rt_s = 600.0 if long else secs
         out.append(("e2e_latency", f"{HEADLINE}-rt", [
             *head[:-1], str(rt_s), "--rt-priority", "50", "--transport", "ipc",
-            "--cpu-dma-latency", "0", "--platform-probe"], rt_s + 300))
+            "--cpu-dma-latency", "0", "--session-cpu", "1", "--platform-probe"], rt_s + 300))
     out += [("throughput", "", ["throughput.py", *q], 900 if quick else 3600),
             ("decoders", "", ["decoders.py", *q], 1200 if quick else 7200),
             ("closed_loop", "", ["closed_loop.py", *q], 900 if quick else 3600),
