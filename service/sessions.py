@@ -169,7 +169,8 @@ class SessionManager:
         return self.get(sid)
 
     def start(self, sid: str, local: bool = False) -> dict[str, Any]:
-        """Start the session's process here, or on a worker when there is a cluster."""
+        """Start the session's process on a worker when there is a cluster, else here;
+        ``local``: here in any case (a replay, or a worker starting what it was given)."""
         row = self._row(sid)
         if row["state"] in ACTIVE:
             raise SessionError(f"session {sid} is already {row['state']}")

@@ -169,7 +169,7 @@ class Worker:
                 m.create(cfg, sid=sid)
             else:  # a restart on this worker: keep the id, take the new config
                 m.store.update_session(sid, config=cfg.model_dump())
-            out = m.start(sid)
+            out = m.start(sid, local=True)  # here: this worker was chosen for it
             self._beat()
             return out
         if op == "get":

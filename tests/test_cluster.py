@@ -224,3 +224,25 @@ def test_placement_without_workers_is_refused_not_guessed(server):
     with pytest.raises(ControlError) as exc:
         c.start(s["id"])
     assert exc.value.status == 409 and "has no workers" in str(exc.value.detail)
+
+
+def test_sessions_of_a_crashed_worker_process_exit_safe_on_their_own(cluster):
+    """The worker process dies but its host lives: its sessions must not run on unmanaged
+    (the control plane is about to restart them elsewhere), so each drives its
+    stimulation safe and stops when it sees its parent gone."""
+    srv, c, workers, _ = cluster
+    wa = workers[0]
+    with SimThread(units=32, seed=8) as sim:
+        s = c.create_session(_config(sim.endpoint, "orphan", placement={"rig": "A"}))
+        sid = c.start(s["id"])["id"]
+        wait_for(lambda: _running(c, sid, 5), 60, "the session to run")
+        c.arm(sid)
+        assert processes_mentioning(str(wa.data_dir / "run"))
+        wa.proc.kill()  # the worker only; its sessions are in their own process groups
+        wa.proc.wait(10)
+        wait_for(lambda: not processes_mentioning(str(wa.data_dir / "run")), 30,
+                 "the orphaned session to stop on its own")
+        status = json.loads((wa.data_dir / "run" / f"{sid}.status.json").read_text())
+        assert status["state"] == "failed" and "is gone" in status["error"]
+        assert status["armed"] is False
+        wait_for(lambda: c.session(sid)["state"] == "failed", 30, "the control plane to fail it")
