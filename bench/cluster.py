@@ -24,7 +24,6 @@ Measured in the same run, so each is read against the other:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -38,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, free_port, percentiles, wait_for  # noqa: E402
+from common import REPO, Server, free_port, percentiles, report, wait_for  # noqa: E402
 
 PY = sys.executable
 
@@ -228,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.quick:
         a.seconds, a.calls = min(a.seconds, 10.0), min(a.calls, 100)
     res = run(a.workers, a.sessions, a.seconds, a.calls)
-    print_table(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return report(res, print_table, a.json)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,15 @@ def sleep_until(t: float) -> None:
         pass
 
 
+def report(res: dict, print_table, json_path: Path | None) -> int:
+    """The end of every benchmark: the table for people, the JSON for the checks."""
+    print_table(res)
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(res, indent=2))
+    return 0
+
+
 def wait_for(fn, timeout_s: float, what: str = "condition"):
     """Call ``fn`` until it returns without raising (and truthy); its value is returned."""
     deadline = time.monotonic() + timeout_s

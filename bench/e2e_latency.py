@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     measure_floor,
     overlaps_stall,
     percentiles,
+    report,
     set_fifo,
     sleep_until,
     stage_means,
@@ -251,11 +252,7 @@ def main(argv: list[str] | None = None) -> int:
               rt_priority=a.rt_priority, dump=a.dump,
               cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe,
               session_cpu=a.session_cpu)
-    print_table(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return report(res, print_table, a.json)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 import uuid
@@ -48,6 +47,7 @@ from common import (  # noqa: E402
     StimWaiter,
     helper_main,
     percentiles,
+    report,
     sleep_until,
     stage_means,
     wait_running,
@@ -237,11 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args(argv)
     res = run(a.quick, a.redis)
-    print_table(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return report(res, print_table, a.json)
 
 
 if __name__ == "__main__":

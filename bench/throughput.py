@@ -38,7 +38,6 @@ echo process -> PUB) of the same frame on the same transport, in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -57,6 +56,7 @@ from common import (  # noqa: E402
     now_ns,
     percentiles,
     raw_pubsub_rate,
+    report,
     sleep_until,
     stage_means,
     wait_running,
@@ -466,11 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     a = ap.parse_args(argv)
     res = run(a.quick, a.smoke, a.transport, a.record, a.decoder)
-    print_table(res)
-    if a.json:
-        a.json.parent.mkdir(parents=True, exist_ok=True)
-        a.json.write_text(json.dumps(res, indent=2))
-    return 0
+    return report(res, print_table, a.json)
 
 
 if __name__ == "__main__":
