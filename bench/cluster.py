@@ -37,7 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, Server, free_port, percentiles, report, wait_for  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    RedisProcess,
+    Server,
+    free_port,
+    percentiles,
+    report,
+    wait_for,
+)
 
 PY = sys.executable
 
@@ -108,21 +116,13 @@ def run(workers: int, sessions: int, seconds: float, calls: int) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="spikeloop-cluster-bench-"))
     procs: list[subprocess.Popen] = []
     res: dict = {"workers": workers, "sessions": sessions, "seconds": seconds, "calls": calls}
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed: apt-get install redis-server")
-    rport = free_port()
-    redis = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
-                              "--appendonly", "no", "--dir", str(tmp)],
-                             stdout=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{rport}/0"
-    sport = free_port()
-    endpoint = f"tcp://127.0.0.1:{sport}"
+    redis = RedisProcess().start()
+    url = redis.url
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     try:
-        import redis as redis_py
+        from service.redis_streams import connect
 
-        r = redis_py.Redis(port=rport)
-        wait_for(lambda: _ping(r), 20, "redis-server")
+        r = connect(url)
         procs.append(_spawn(["sim", "--source", "motor", "--units", "32", "--endpoint",
                              endpoint], tmp / "sim.log"))
 
@@ -188,16 +188,8 @@ def run(workers: int, sessions: int, seconds: float, calls: int) -> dict:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        redis.terminate()
-        redis.wait(10)
+        redis.stop()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _ping(r) -> bool:
-    try:
-        return bool(r.ping())
-    except Exception:
-        return False
 
 
 def print_table(res: dict) -> None:
