@@ -246,3 +246,25 @@ def test_sessions_of_a_crashed_worker_process_exit_safe_on_their_own(cluster):
         assert status["state"] == "failed" and "is gone" in status["error"]
         assert status["armed"] is False
         wait_for(lambda: c.session(sid)["state"] == "failed", 30, "the control plane to fail it")
+
+
+def test_control_plane_restart_reattaches_to_sessions_on_workers(cluster):
+    srv, c, workers, redis_srv = cluster
+    with SimThread(units=32, seed=9) as sim:
+        s = c.create_session(_config(sim.endpoint, "survivor"))
+        sid = c.start(s["id"])["id"]
+        wait_for(lambda: _running(c, sid, 5), 60, "the session to run")
+        where = c.session(sid)["worker"]
+        srv.proc.kill()  # the API dies; workers and their sessions must not notice
+        srv.proc.wait(10)
+        srv2 = start_server(srv.data_dir, extra=("--redis", redis_srv.url,
+                                                 "--worker-timeout", str(TIMEOUT_S)))
+        try:
+            c2 = srv2.client()
+            again = c2.session(sid)
+            assert again["worker"] == where and again["state"] == "running"
+            bins = again["live"]["bins"]
+            wait_for(lambda: c2.session(sid)["live"]["bins"] > bins, 30, "bins to keep coming")
+            assert c2.stop(sid)["state"] == "stopped"
+        finally:
+            stop_server(srv2)
