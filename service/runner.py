@@ -527,7 +527,7 @@ class SessionRunner:
         guard = self.pipeline.guard
         dec = self.pipeline.decoder
         c = self.metrics.counters
-        self._redis_counters()
+        redis_ingest, redis_mirror = self._redis_counters()
         return {
             "id": self.id,
             "state": self.state,
@@ -556,22 +556,24 @@ class SessionRunner:
             "recording": str(self.recording_path) if self.recording_path else None,
             "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
-            "redis": {"ingest": self.redis_reader.stats() if self.redis_reader else None,
-                      "mirror": self.redis_mirror.stats() if self.redis_mirror else None}
+            "redis": {"ingest": redis_ingest, "mirror": redis_mirror}
             if self.cfg.redis is not None else None,
         }
 
-    def _redis_counters(self) -> None:
-        """Copy the Redis threads' counts into the loop's counters (and so to /metrics)."""
+    def _redis_counters(self) -> tuple[dict | None, dict | None]:
+        """One snapshot of the Redis threads' stats (they run on while we read), copied
+        into the loop's counters (and so to /metrics); the same snapshot is returned for
+        the status, so both always agree."""
         c = self.metrics.counters
-        if self.redis_reader is not None:
-            r = self.redis_reader
-            c["redis_entries"], c["redis_skipped"] = r.entries, r.skipped
-            c["redis_reader_errors"], c["redis_reconnects"] = r.errors, r.reconnects
-        if self.redis_mirror is not None:
-            m = self.redis_mirror
-            c["redis_mirror_sent"], c["redis_mirror_dropped"] = m.sent, m.dropped
-            c["redis_mirror_failed"], c["redis_mirror_errors"] = m.failed, m.errors
+        ing = self.redis_reader.stats() if self.redis_reader is not None else None
+        mir = self.redis_mirror.stats() if self.redis_mirror is not None else None
+        if ing is not None:
+            c["redis_entries"], c["redis_skipped"] = ing["entries"], ing["skipped"]
+            c["redis_reader_errors"], c["redis_reconnects"] = ing["errors"], ing["reconnects"]
+        if mir is not None:
+            c["redis_mirror_sent"], c["redis_mirror_dropped"] = mir["sent"], mir["dropped"]
+            c["redis_mirror_failed"], c["redis_mirror_errors"] = mir["failed"], mir["errors"]
+        return ing, mir
 
     def _shutdown(self) -> None:
         guard = self.pipeline.guard
