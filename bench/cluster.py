@@ -120,9 +120,9 @@ def run(workers: int, sessions: int, seconds: float, calls: int) -> dict:
     url = redis.url
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     try:
-        from service.redis_streams import connect
+        from service.cluster.redis_streams import connect
 
-        r = connect(url)
+        r = connect(url, socket_timeout=5)
         procs.append(_spawn(["sim", "--source", "motor", "--units", "32", "--endpoint",
                              endpoint], tmp / "sim.log"))
 

@@ -113,8 +113,9 @@ class Endpoints:
             shutil.rmtree(self._dir, ignore_errors=True)
 
     def output(self, name: str = "out") -> str:
-        """For a session's output: tcp lets the session pick a free port itself."""
-        return "tcp://127.0.0.1:0" if self.transport == "tcp" else self.new(name)
+        """For a session's output: the session picks a free port, or the server an ipc path
+        in the session's own directory (callers may not name socket paths)."""
+        return "tcp://127.0.0.1:0" if self.transport == "tcp" else "ipc"
 
 
 # ---------------------------------------------------------------------------- server
@@ -177,7 +178,7 @@ class Server:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"service.runner" in cmd:
+            if b"service.session.runner" in cmd:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -217,7 +218,7 @@ class SimFeeder:
     NAMES = ["x", "y", "vx", "vy"]
 
     def __init__(self, pub: zmq.Socket, channels: int, bin_ns: int, seed: int = 1):
-        from service import protocol as P
+        from service.wire import protocol as P
         from sources.motor import MotorCortexSim
 
         self._P = P
@@ -252,7 +253,7 @@ class StimWaiter:
     def wait(self, for_seq: int, timeout_ns: int) -> int | None:
         """``now_ns()`` when the command for input frame ``for_seq`` arrives; None if it
         does not within ``timeout_ns``."""
-        from service import protocol as P
+        from service.wire import protocol as P
 
         deadline = now_ns() + timeout_ns
         while True:
@@ -282,7 +283,7 @@ class RedisProcess:
         self._dir: str | None = None
 
     def start(self) -> RedisProcess:
-        from service.redis_streams import connect
+        from service.cluster.redis_streams import connect
 
         if self.url is None:
             exe = shutil.which("redis-server")
@@ -296,7 +297,7 @@ class RedisProcess:
                  "--appendonly", "no", "--dir", self._dir], stdout=subprocess.DEVNULL,
                 start_new_session=True)
             self.url = f"redis://127.0.0.1:{port}/0"
-        wait_for(lambda: connect(self.url).ping(), 20, f"Redis at {self.url}")
+        wait_for(lambda: connect(self.url, socket_timeout=5).ping(), 20, f"Redis at {self.url}")
         return self
 
     def stop(self) -> None:

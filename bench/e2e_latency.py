@@ -54,7 +54,7 @@ from common import (  # noqa: E402
     wait_running,
 )
 
-from service import protocol as P  # noqa: E402
+from service.wire import protocol as P  # noqa: E402
 from sources.motor import MotorCortexSim  # noqa: E402
 
 

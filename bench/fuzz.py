@@ -26,9 +26,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoders import build_decoder  # noqa: E402
-from service import protocol as P  # noqa: E402
-from service.config import SessionConfig  # noqa: E402
-from service.pipeline import LoopPipeline, build_pipeline  # noqa: E402
+from service.loop.core import BinResult, CoreSink, SessionCore  # noqa: E402
+from service.session.config import SessionConfig  # noqa: E402
+from service.wire import protocol as P  # noqa: E402
 
 CH = 32
 HOSTILE = [-1, 0, 2**63 - 1, 2**64 - 1, -(2**63), 1e308, float("nan"), "", "x" * 300, None,
@@ -90,25 +90,41 @@ def mutate(rng: random.Random, frames: list[bytes]) -> list[bytes]:
     return frames
 
 
-def make_pipeline() -> LoopPipeline:
+class _Watch(CoreSink):
+    """Counts bins and flags any sent command over the amplitude limit."""
+
+    def __init__(self, limit_ma: float):
+        self.limit_ma = limit_ma
+        self.bins = 0
+        self.over: list[str] = []
+
+    def bin(self, r: BinResult, recv_ns: int, in_seq: int) -> None:
+        self.bins += 1
+        cmd = r.outcome.command if r.outcome is not None else None
+        if cmd is not None and cmd.amplitude_ma > self.limit_ma:
+            self.over.append(f"bin {r.index}: amplitude {cmd.amplitude_ma} over limit")
+
+
+def make_core() -> SessionCore:
     cfg = SessionConfig.model_validate({"bin_ms": 1, "source": {"channels": CH},
                                         "stim": {"policy": {"type": "speed_to_dbs",
                                                             "gain_ma_per_cm_s": 10.0}}})
     rng = np.random.default_rng(0)
-    dec = build_decoder("kalman").fit(rng.poisson(2, (500, CH)), rng.normal(size=(500, 4)))
-    pipe = build_pipeline(cfg, dec)
-    pipe.guard.arm()
-    return pipe
+    dec = build_decoder("kalman").fit(rng.poisson(2, (500, CH)), rng.normal(size=(500, 4)),
+                                      output_names=["x", "y", "vx", "vy"])
+    core = SessionCore(cfg, _Watch(cfg.stim.limits.max_amplitude_ma))
+    core.begin(dec)
+    core.guard.arm()
+    return core
 
 
 def run(cases: int, seed: int) -> dict:
+    """Every case goes through the session core's frame acceptance, as live frames do."""
     rng = random.Random(seed)
-    pipe = make_pipeline()
-    limits = pipe.guard.limits
-    tracker = P.SequenceTracker()
-    rejected: dict[str, int] = {}
+    core = make_core()
+    watch = core.sink
+    assert isinstance(watch, _Watch)
     crashes: list[str] = []
-    accepted = bins = 0
     t_ns, seq = 0, 0
     t0 = time.perf_counter()
     for k in range(cases):
@@ -118,24 +134,7 @@ def run(cases: int, seed: int) -> dict:
         if rng.random() < 0.7:
             frames = mutate(rng, frames)
         try:
-            msg = P.decode(frames)
-            if msg.header.kind in (P.KIND_EVENTS, P.KIND_COUNTS, P.KIND_BEHAVIOR):
-                if msg.header.kind != P.KIND_BEHAVIOR:
-                    pipe.check(msg)
-                    if tracker.is_restart(msg.header):
-                        tracker.reset(msg.header.epoch)
-                        pipe.binner.resync()
-                    tracker.check(msg.header)
-                pipe.add(msg)
-                accepted += 1
-                if msg.header.kind != P.KIND_BEHAVIOR:
-                    for r in pipe.ready(LoopPipeline.watermark(msg)):
-                        bins += 1
-                        cmd = r.outcome.command
-                        if cmd is not None and cmd.amplitude_ma > limits.max_amplitude_ma:
-                            crashes.append(f"case {k}: amplitude {cmd.amplitude_ma} over limit")
-        except P.ProtocolError as exc:
-            rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
+            core.accept(frames)
         except Exception:
             crashes.append(f"case {k}: {traceback.format_exc(limit=3)}")
             if len(crashes) > 20:
@@ -143,8 +142,11 @@ def run(cases: int, seed: int) -> dict:
         if k and k % 200_000 == 0:
             print(f"  {k:,} cases, {len(crashes)} crashes", file=sys.stderr)
     wall = time.perf_counter() - t0
-    return {"cases": k + 1, "seed": seed, "accepted": accepted, "bins": bins,
-            "rejected": rejected, "crashes": len(crashes), "crash_examples": crashes[:5],
+    crashes += watch.over
+    accepted = core.counters["frames"] + core.counters["behavior_frames"]
+    return {"cases": k + 1, "seed": seed, "accepted": accepted, "bins": watch.bins,
+            "rejected": dict(core.rejected), "crashes": len(crashes),
+            "crash_examples": crashes[:5],
             "wall_s": round(wall, 1), "cases_per_s": round((k + 1) / wall)}
 
 

@@ -2,12 +2,12 @@
 
 What runs, per decoder (Kalman, and the SNN when ``decoders`` registers it):
 
-1. a live-like session in process (``service.simsession``): simulated motor
+1. a live-like session in process (``service.session.simsession``): simulated motor
    cortex (96 units) -> wire frames every ``--frame-ms`` -> pipeline (20 ms
    bins) with a decoder calibrated on the first ``calibration_s`` of the
    session, the speed-to-DBS policy and the safety guard, arm/disarm events,
    and a recorder writing the session log (fsync on);
-2. ``service.verify.verify`` on that log: read every record, rebuild the
+2. ``service.recording.verify.verify`` on that log: read every record, rebuild the
    pipeline and the decoder from the recording, re-feed the frames as fast as
    possible and compare every bin bit for bit. Its wall time gives the speedup
    (source seconds / wall seconds; median of ``--repeats`` runs).
@@ -34,9 +34,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from decoders.base import Decoder  # noqa: E402
-from service.config import SessionConfig  # noqa: E402
-from service.simsession import run_sim_session  # noqa: E402
-from service.verify import verify  # noqa: E402
+from service.recording.verify import verify  # noqa: E402
+from service.session.config import SessionConfig  # noqa: E402
+from service.session.simsession import run_sim_session  # noqa: E402
 from sources.motor import MotorCortexSim  # noqa: E402
 
 CHANNELS = 96

@@ -62,7 +62,7 @@ from common import (  # noqa: E402
     wait_running,
 )
 
-from service import protocol as P  # noqa: E402
+from service.wire import protocol as P  # noqa: E402
 from sources.motor import MotorCortexSim  # noqa: E402
 
 BIN_NS = 1_000_000  # 1 kHz frames and bins throughout

@@ -39,7 +39,7 @@ def report(recording: Path = typer.Argument(..., exists=True, dir_okay=False,
       spikeloop report var/recordings/abc-20261123T101500.splog
       spikeloop report session.splog --out figs/session.png --html --raster-s 5
     """
-    from service.replay import text_progress
+    from service.recording.replay import text_progress
 
     from .report import load, render, write_html
 
@@ -143,7 +143,7 @@ def _clock() -> Check:
 
 
 def _disk(data_dir: Path) -> Check:
-    from service.storage import free_bytes
+    from service.recording.storage import free_bytes
 
     probe = data_dir if data_dir.exists() else Path(data_dir.resolve().anchor)
     free = free_bytes(probe)

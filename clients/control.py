@@ -72,6 +72,12 @@ class ControlClient:
     def set_limits(self, sid: str, limits: dict[str, Any]) -> dict[str, Any]:
         return self._call("PUT", f"/sessions/{sid}/limits", json=limits)
 
+    def adapt(self, sid: str, enabled: bool = True) -> dict[str, Any]:
+        return self._call("POST", f"/sessions/{sid}/adapt", json={"enabled": enabled})
+
+    def swap_model(self, sid: str, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/sessions/{sid}/model", json={"name": name})
+
     def metrics(self, sid: str) -> dict[str, Any]:
         return self._call("GET", f"/sessions/{sid}/metrics")
 

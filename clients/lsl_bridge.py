@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from service import protocol as P
+from service.wire import protocol as P
 
 from .publisher import SpikePublisher
 
@@ -156,7 +156,7 @@ class LslSink:
         sinfo.desc().append_child_value("timestamps", timestamps)
         self.decoded = pylsl.StreamOutlet(dinfo)
         self.stim = pylsl.StreamOutlet(sinfo)
-        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         for topic in (b"decoded", b"stim"):
             self.sub.setsockopt(zmq.SUBSCRIBE, topic)

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from service import protocol as P
-from service.curve import serve_curve
+from service.wire import protocol as P
+from service.wire.curve import serve_curve
 
 
 class SpikePublisher:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from service.redis_streams import Keys, connect, frames_to_fields, no_retry
+from service.cluster.redis_streams import Keys, connect, frames_to_fields, no_retry
 
 
 class RedisStreamSink:

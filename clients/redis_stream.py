@@ -23,8 +23,8 @@ import time
 from collections import deque
 from collections.abc import Iterator
 
-from service import protocol as P
-from service.redis_streams import Keys, connect, fields_to_frames, stream_entries
+from service.cluster.redis_streams import Keys, connect, fields_to_frames, stream_entries
+from service.wire import protocol as P
 
 from .stream import Update, to_update
 
@@ -36,7 +36,8 @@ class GroupReader:
         stream); an existing group keeps its position."""
         import redis
 
-        self.client = connect(url)
+        # recv(timeout_ms=-1) blocks in XREADGROUP without end: no socket timeout.
+        self.client = connect(url, socket_timeout=None)
         self.key = Keys.output(sid)
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"

@@ -154,7 +154,7 @@ def load_peyrache_hd(bin_ms: float = 100.0) -> Dataset:
                    _split_at_segment(seg, len(counts)))
 
 
-LOADERS: dict[str, Callable[[], Dataset]] = {
+LOADERS: dict[str, Callable[..., Dataset]] = {
     "contdata95": load_contdata95,
     "mc_maze_small": load_mc_maze_small,
     "peyrache_hd": load_peyrache_hd,

@@ -71,7 +71,8 @@ class OpsinSim(SimSource):
         self.t_ns = 0
         self._drift = 0.0
         self._irr = 0.0
-        self._pw_ns, self._period_ns, self._t0, self._end = 0, 1, 0, None
+        self._pw_ns, self._period_ns, self._t0 = 0, 1, 0
+        self._end: int | None = None
         self._rates = self.base.copy()
 
     # ------------------------------------------------------------ light

@@ -2,7 +2,7 @@
 
 A reader turns a file into :class:`Chunk` objects in source-clock order: spike
 events (unit ids + times) in fixed windows, or one bin of counts with its
-behaviour. ``service.replay`` encodes chunks as wire-protocol frames; readers
+behaviour. ``service.recording.replay`` encodes chunks as wire-protocol frames; readers
 stay free of sockets and of the service package.
 
 * :class:`NwbUnitsReader` -- any NWB 2 file's ``units`` table (spike times per

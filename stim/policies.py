@@ -29,6 +29,29 @@ class Policy(ABC):
     def reset(self) -> None:
         """Forget internal state (filters, timers)."""
 
+    def reads(self) -> tuple[int, ...]:
+        """The indices of the decoded vector this policy reads."""
+        if hasattr(self, "indices"):
+            return tuple(self.indices)
+        if hasattr(self, "index"):
+            return (self.index,)
+        return ()
+
+    def bind(self, output_names: list[str]) -> None:
+        """Check the decoded outputs this policy reads against the decoder's outputs.
+
+        Called when a decoder is installed (and when a session is created with a known
+        model), so a policy that cannot work is refused with its reason instead of
+        failing on every bin. Raises ValueError naming what is missing.
+        """
+        n = len(output_names)
+        bad = [i for i in self.reads() if not 0 <= i < n]
+        if bad:
+            raise ValueError(
+                f"policy {self.kind!r} reads decoded output index {bad}, but the decoder "
+                f"has {n} output(s) {output_names}: set the policy's index parameter(s) "
+                "or choose a decoder with those outputs")
+
     @abstractmethod
     def step(self, decoded: np.ndarray, t_ns: int) -> StimCommand | None:
         """One decoded bin in, a stimulation request (or None) out."""
@@ -37,17 +60,35 @@ class Policy(ABC):
 class SpeedToDBS(Policy):
     """DBS amplitude proportional to decoded hand speed (a demonstration mapping).
 
-    ``velocity_index`` names the decoded outputs that hold (vx, vy).
+    The velocity is read from the decoded outputs named ``vx`` and ``vy`` (found by
+    name when the decoder is bound), or from ``velocity_index`` when given.
     """
 
     kind = "speed_to_dbs"
+    VELOCITY_NAMES = ("vx", "vy")
 
-    def __init__(self, gain_ma_per_cm_s: float = 0.05, velocity_index: tuple[int, int] = (2, 3),
+    def __init__(self, gain_ma_per_cm_s: float = 0.05,
+                 velocity_index: tuple[int, int] | list[int] | None = None,
                  pulse_width_us: float = 60.0, frequency_hz: float = 130.0):
         self.gain = float(gain_ma_per_cm_s)
-        self.ix = tuple(int(i) for i in velocity_index)
+        self.by_name = velocity_index is None
+        self.ix = tuple(int(i) for i in (velocity_index or (2, 3)))
         self.pulse_width_us = pulse_width_us
         self.frequency_hz = frequency_hz
+
+    def reads(self) -> tuple[int, ...]:
+        return self.ix
+
+    def bind(self, output_names: list[str]) -> None:
+        if self.by_name:
+            missing = [n for n in self.VELOCITY_NAMES if n not in output_names]
+            if missing:
+                raise ValueError(
+                    f"policy 'speed_to_dbs' reads the hand velocity (outputs named vx, vy), "
+                    f"but the decoder's outputs are {output_names}: set "
+                    "stim.policy.velocity_index, or choose a policy for these outputs")
+            self.ix = tuple(output_names.index(n) for n in self.VELOCITY_NAMES)
+        super().bind(output_names)
 
     def step(self, decoded: np.ndarray, t_ns: int) -> StimCommand:
         speed = float(np.hypot(decoded[self.ix[0]], decoded[self.ix[1]]))

@@ -1,23 +1,26 @@
-"""Shared fixtures: real servers and sources on loopback, and a check that none outlive a test."""
+"""Shared fixtures: real servers and sources on loopback, and a check that none outlive a test.
+
+The helpers they use (and tests import) live in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-PY = sys.executable
+from tests.helpers import (
+    RedisServer,
+    Server,
+    processes_mentioning,
+    start_redis,
+    start_server,
+    stop_redis,
+    stop_server,
+)
 
 
 @pytest.fixture(scope="module")
@@ -29,92 +32,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """PIDs whose command line contains ``text`` (used to find leaked processes)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (d / "stat").read_text().split(") ", 1)[1][0]
-        except OSError:
-            continue
-        if text in cmd and state != "Z":
-            pids.append(int(d.name))
-    return pids
-
-
-def wait_for(pred, timeout_s: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-@dataclass
-class Server:
-    url: str
-    data_dir: Path
-    proc: subprocess.Popen
-    port: int
-
-    @property
-    def token(self) -> str:
-        return (self.data_dir / "admin.token").read_text().strip()
-
-    def client(self, token: str | None = "admin"):
-        from clients.control import ControlClient
-
-        return ControlClient(self.url, self.token if token == "admin" else token)
-
-
-def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> Server:
-    port = port or free_port()
-    proc = subprocess.Popen(
-        [PY, "-m", "clients.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-         *extra], cwd=REPO, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", data_dir, proc, port)
-    from clients.control import ControlClient
-
-    c = ControlClient(srv.url)
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}")
-        try:
-            return c.health()
-        except Exception:
-            return None
-
-    wait_for(up, 60, "the control plane to answer /healthz", 0.1)
-    return srv
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, wait_s: float = 30) -> None:
-    """Ask ``proc`` to stop with ``sig``; kill it if it has not within ``wait_s``."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(wait_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def stop_server(srv: Server) -> None:
-    stop_process(srv.proc, signal.SIGINT)  # the API stops its sessions on SIGINT
 
 
 @pytest.fixture
@@ -130,51 +47,6 @@ def server(tmp_path: Path) -> Iterator[Server]:
         assert not leaked, f"processes left behind: {leaked}"
 
 
-@dataclass
-class RedisServer:
-    url: str
-    port: int
-    proc: subprocess.Popen
-
-
-def start_redis(workdir: Path, bind: tuple[str, ...] = ("127.0.0.1",),
-                password: str | None = None, port: int | None = None) -> RedisServer:
-    """A real redis-server (Debian's) on 127.0.0.1 (and ``bind``), no persistence, in
-    ``workdir`` (on ``port``: e.g. the port of one that was stopped, to restart it empty).
-
-    Off loopback, Redis only serves clients that authenticate: give a ``password``.
-    """
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (scripts/test.sh installs Debian's)")
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", *bind, "--save", "",
-                             "--appendonly", "no", "--dir", str(workdir),
-                             *(["--requirepass", password] if password else [])],
-                            stdout=subprocess.DEVNULL, start_new_session=True)
-    import redis
-
-    client = redis.Redis(port=port, password=password)
-
-    def up():
-        if proc.poll() is not None:
-            raise AssertionError(f"redis-server exited with {proc.returncode}")
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
-
-    wait_for(up, 20, "redis-server to answer PING")
-    client.close()
-    cred = f":{password}@" if password else ""
-    return RedisServer(f"redis://{cred}127.0.0.1:{port}/0", port, proc)
-
-
-def stop_redis(srv: RedisServer) -> None:
-    stop_process(srv.proc, wait_s=10)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     srv = start_redis(tmp_path / "redis")
@@ -184,48 +56,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         stop_redis(srv)
 
 
-class SimThread:
-    """A simulated motor source published from a thread of the test process.
 
-    ``inject(step) -> list[frames]`` may return extra (e.g. malformed) frames to send
-    on the same socket after a given step. ``publisher``: publish through this one (e.g.
-    to a Redis stream) instead of a SpikePublisher on a free port.
-    """
-
-    def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
-                 source=None, stim_endpoint: str | None = None, host: str = "127.0.0.1",
-                 publisher=None):
-        from clients.publisher import SpikePublisher
-        from sources.motor import MotorCortexSim
-
-        self.port = port or free_port()
-        self.endpoint = f"tcp://{host}:{self.port}"
-        self.sim = source or MotorCortexSim(units=units, seed=seed)
-        units = self.sim.channels
-        self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop
-        self.pub = publisher or SpikePublisher(self.endpoint, units)
-        self.inject = inject
-        self.steps = 0
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _on_step(self, step: int) -> None:
-        if self.inject is not None:
-            for frames in self.inject(step) or ():
-                self.pub.socket.send_multipart(frames)
-
-    def _run(self) -> None:
-        from clients.simrunner import run_source
-
-        self.steps = run_source(self.sim, self.pub, 1.0, realtime=True,
-                                should_stop=self._stop.is_set, on_step=self._on_step,
-                                stim_endpoint=self.stim_endpoint)
-
-    def __enter__(self) -> SimThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self.thread.join(5)
-        self.pub.close()
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test not marked ``unit`` is an integration test (servers, processes, data)."""
+    for item in items:
+        if item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.integration)

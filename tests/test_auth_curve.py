@@ -11,8 +11,8 @@ import numpy as np
 from clients.publisher import SpikePublisher
 from clients.stimulator import StimulatorLink
 from clients.stream import StreamClient
-from service.curve import ensure_cert, public_key
-from tests.conftest import PY, REPO, free_port, wait_for
+from service.wire.curve import ensure_cert, public_key
+from tests.helpers import PY, REPO, free_port, wait_for
 
 
 def _publish_for(pub: SpikePublisher, seconds: float) -> None:
@@ -71,8 +71,8 @@ def test_auth_serving_beyond_loopback_without_auth_is_refused(tmp_path):
 
 
 def test_auth_token_cli_creates_scoped_tokens(tmp_path):
-    from service.auth import hash_token
-    from service.store import Store
+    from service.api.auth import hash_token
+    from service.session.store import Store
 
     r = subprocess.run([PY, "-m", "clients.cli", "token", "viewer", "--scopes", "read",
                         "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from service.binner import Binner
+from service.loop.binner import Binner
+
+pytestmark = pytest.mark.unit
 
 MS = 1_000_000
 

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from service.central_recorder import CentralRecorder
-from service.recorder import MAGIC, Recorder, read_log
-from service.recording_mirror import RecordingMirror
-from service.redis_streams import Keys, connect
-from tests.conftest import PY, REPO, SimThread, free_port, start_redis, stop_redis, wait_for
+from service.cluster.central_recorder import CentralRecorder
+from service.cluster.recording_mirror import RecordingMirror
+from service.cluster.redis_streams import Keys, connect
+from service.recording.recorder import MAGIC, Recorder, read_log
+from tests.helpers import PY, REPO, SimThread, free_port, start_redis, stop_redis, wait_for
 
 LEASE_S = 2.0
 
@@ -107,7 +107,7 @@ def _mirror(c, sid: str) -> dict:
 # --------------------------------------------------------------------------- live sessions
 def test_live_session_is_copied_byte_for_byte_and_exported(server, redis_server, centrals,
                                                            tmp_path):
-    from service.verify import verify
+    from service.recording.verify import verify
 
     out = tmp_path / "central"
     central = centrals.start(redis_server.url, out)
@@ -134,7 +134,7 @@ def test_live_session_is_copied_byte_for_byte_and_exported(server, redis_server,
     with NWBHDF5IO(str(copy.with_suffix(".nwb")), "r") as io:
         assert len(io.read().units) == 96
 
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     # Done: acknowledged and trimmed (the newest entry, the end marker, stays), lock released.
     wait_for(lambda: r.xlen(Keys.recording(sid)) <= 1, 30, "the stream to be trimmed")
     wait_for(lambda: not r.exists(Keys.recording_owner(sid)), 30, "the owner key to go")
@@ -205,7 +205,7 @@ def test_worker_killed_mid_recording_keeps_everything_mirrored(server, redis_ser
     out = tmp_path / "central"
     centrals.start(redis_server.url, out)
     c = server.client()
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     with SimThread(units=96, seed=14) as sim:
         sid, local = _start_session(server, sim, redis_server.url)
         copy = out / local.name
@@ -266,7 +266,7 @@ def test_slow_redis_delays_nothing_and_status_says_exactly_what_is_missing(redis
     assert not stats["complete"] and "cannot mirror to Redis" in stats["error"]
     assert stats["unmirrored_bytes"] == path.stat().st_size - stats["mirrored_bytes"] > 0
     local = path.read_bytes()
-    got = _stream_bytes(connect(redis_server.url), Keys.recording("s1"))
+    got = _stream_bytes(connect(redis_server.url, socket_timeout=5), Keys.recording("s1"))
     # A prefix of the file (an XADD that timed out may still have landed after SIGCONT).
     assert len(got) >= stats["mirrored_bytes"] and local.startswith(got)
 
@@ -285,7 +285,7 @@ def test_redis_down_from_the_start_costs_the_recording_nothing(tmp_path):
 
 # --------------------------------------------------------------------------- central alone
 def test_redelivered_overlapping_and_missing_bytes(redis_server, tmp_path):
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     a, b = b"\x01" * 100, b"\x02" * 50  # stand-ins for records: the writer only places bytes
     for sid, name, entries in (
             ("dup", "dup-1.splog", [(0, MAGIC), (8, a), (8, a), (8, a + b), (108, b)]),

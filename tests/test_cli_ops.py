@@ -8,7 +8,7 @@ import subprocess
 from typer.main import get_command
 
 from clients.cli import app
-from tests.conftest import PY, REPO, free_port
+from tests.helpers import PY, REPO, free_port
 
 
 def _commands(group, prefix=()):

@@ -8,7 +8,7 @@ import numpy as np
 
 from clients.stream import StreamClient
 from sources.parkinson import ParkinsonSim
-from tests.conftest import SimThread, free_port, wait_for
+from tests.helpers import SimThread, free_port, wait_for
 
 
 def _mean_beta(sc: StreamClient, seconds: float) -> tuple[float, float]:

@@ -19,9 +19,9 @@ import pytest
 
 from clients.control import ControlError
 from clients.stimulator import StimulatorLink
-from service.recorder import RecordType, read_log
-from service.store import Store
-from tests.conftest import (
+from service.recording.recorder import RecordType, read_log
+from service.session.store import Store
+from tests.helpers import (
     PY,
     REPO,
     SimThread,

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.store import Store
-from tests.conftest import (
+from service.session.store import Store
+from tests.helpers import (
     PY,
     REPO,
     SimThread,

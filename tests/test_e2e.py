@@ -13,10 +13,10 @@ import pytest
 
 from clients.control import ControlError
 from clients.stream import StreamClient
-from service import protocol as P
-from service.auth import new_token
-from service.store import Store
-from tests.conftest import (
+from service.api.auth import new_token
+from service.session.store import Store
+from service.wire import protocol as P
+from tests.helpers import (
     PY,
     REPO,
     SimThread,

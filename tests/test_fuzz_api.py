@@ -6,7 +6,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import start_server, stop_server
+from tests.helpers import start_server, stop_server
 
 
 def test_fuzz_api_every_operation_never_500(tmp_path):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from sources.motor import MotorCortexSim
-from tests.conftest import (
+from tests.helpers import (
     PY,
     REPO,
     free_port,

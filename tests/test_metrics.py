@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.metrics import BUCKETS_US, SessionMetrics
+from service.session.metrics import BUCKETS_US, SessionMetrics
 
 
 def test_ring_returns_samples_oldest_first_after_wrapping():

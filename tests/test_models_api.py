@@ -11,7 +11,7 @@ import pytest
 
 from clients.control import ControlError
 from clients.stream import StreamClient
-from tests.conftest import PY, REPO, SimThread, wait_for
+from tests.helpers import PY, REPO, SimThread, wait_for
 
 DATA = Path(os.environ.get("SPIKELOOP_DATA", REPO.parent / "shared" / "data"))
 

@@ -15,12 +15,12 @@ import pytest
 
 pytest.importorskip("pynwb", reason="NWB support needs the optional 'nwb' extra (pynwb)")
 
-from service.config import SessionConfig  # noqa: E402
-from service.nwb_export import export_nwb, inspect_nwb  # noqa: E402
-from service.pipeline import build_pipeline  # noqa: E402
-from service.recorder import RecordType, read_log  # noqa: E402
-from service.replay import open_recording, publish, run_in_process  # noqa: E402
-from service.simsession import run_sim_session  # noqa: E402
+from service.loop.core import OnBin, SessionCore  # noqa: E402
+from service.recording.nwb_export import export_nwb, inspect_nwb  # noqa: E402
+from service.recording.recorder import RecordType, read_log  # noqa: E402
+from service.recording.replay import open_recording, publish, run_in_process  # noqa: E402
+from service.session.config import SessionConfig  # noqa: E402
+from service.session.simsession import run_sim_session  # noqa: E402
 from sources.datasets import data_root  # noqa: E402
 from sources.motor import MotorCortexSim  # noqa: E402
 
@@ -43,7 +43,7 @@ def exported(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _input_spike_counts(log: Path, channels: int) -> np.ndarray:
-    from service.protocol import KIND_EVENTS, decode
+    from service.wire.protocol import KIND_EVENTS, decode
 
     n = np.zeros(channels, np.int64)
     for r in read_log(log, {RecordType.INPUT}):
@@ -96,14 +96,14 @@ def test_exported_nwb_reads_back_as_a_source(exported):
 
 def _replay_counts(rec) -> np.ndarray:
     cfg = SessionConfig(bin_ms=20.0, source={"channels": rec.channels}, stim={"policy": {}})
-    pipe = build_pipeline(cfg, None)
     total = np.zeros(rec.channels)
 
     def on_bin(r):
         total[:] += r.counts
 
-    run_in_process(rec, pipe, on_bin)
-    assert pipe.binner.late_events == 0 and pipe.binner.future_events == 0
+    core = SessionCore(cfg, OnBin(on_bin))
+    run_in_process(rec, core)
+    assert core.binner.late_events == 0 and core.binner.future_events == 0
     return total.astype(np.int64)
 
 
@@ -128,13 +128,17 @@ def test_real_nwb_over_the_wire(tmp_path):
     """Published on ZeroMQ as fast as possible, received, binned: same counts."""
     import zmq
 
-    from service.protocol import decode
+    from service.wire.protocol import decode
 
     rec = open_recording(REAL_NWB)
     endpoint = f"ipc://{tmp_path}/replay.sock"
     cfg = SessionConfig(bin_ms=20.0, source={"channels": rec.channels}, stim={"policy": {}})
-    pipe = build_pipeline(cfg, None)
     total = np.zeros(rec.channels)
+
+    def on_bin(r):
+        total[:] += r.counts
+
+    core = SessionCore(cfg, OnBin(on_bin))
     result: dict = {}
     pub = threading.Thread(target=lambda: result.update(stats=publish(rec, endpoint, None)))
     pub.start()
@@ -147,12 +151,10 @@ def test_real_nwb_over_the_wire(tmp_path):
         while True:
             if not sub.poll(5000):
                 break
-            msg = decode(sub.recv_multipart())
+            raw = sub.recv_multipart()
             frames += 1
-            pipe.add(msg)
-            for r in pipe.ready(msg.header.t_ns):
-                total += r.counts
-            if msg.header.t_ns >= rec.end_ns:
+            core.accept(raw)
+            if decode(raw).header.t_ns >= rec.end_ns:
                 break
     finally:
         sub.close(0)
@@ -168,13 +170,12 @@ def test_dataset_replays_exact_counts_and_behaviour():
     ds = load_mc_maze_small()
     rec = open_recording("dataset:mc_maze_small")
     cfg = SessionConfig(bin_ms=ds.bin_ms, source={"channels": rec.channels}, stim={"policy": {}})
-    pipe = build_pipeline(cfg, None)
     rows, truth = [], []
 
     def on_bin(r):
         rows.append(r.counts.copy())
         truth.append(r.truth.copy())
 
-    run_in_process(rec, pipe, on_bin)
+    run_in_process(rec, SessionCore(cfg, OnBin(on_bin)))
     np.testing.assert_array_equal(np.array(rows), ds.counts)
     np.testing.assert_array_equal(np.array(truth), ds.behavior)

@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import protocol as P
+from service.wire import protocol as P
+
+pytestmark = pytest.mark.unit
 
 
 def _events(n=5, channels=96, seq=0, t_ns=1_000_000):

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import zmq
 
-from service.recorder import MAGIC, Recorder, RecordType, read_log
+from service.recording.recorder import MAGIC, Recorder, RecordType, read_log
+
+pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,7 +104,7 @@ def test_full_buffer_writes_synchronously_never_drops(tmp_path):
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from service.recorder import Recorder
+    from service.recording.recorder import Recorder
     rec = Recorder(sys.argv[1], flush_interval_s=0.02)
     i = 0
     while True:
@@ -136,7 +138,7 @@ def test_sigkill_recovers_everything_up_to_last_flush(tmp_path):
 
 _FSIZE_CHILD = textwrap.dedent("""
     import json, resource, signal, sys
-    from service.recorder import Recorder
+    from service.recording.recorder import Recorder
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed
     resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
     rec = Recorder(sys.argv[1], flush_interval_s=0.01)

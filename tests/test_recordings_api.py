@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from clients.control import ControlError
-from tests.conftest import PY, REPO, SimThread, wait_for
+from tests.helpers import PY, REPO, SimThread, wait_for
 
 
 def test_record_list_download_verify_and_replay(server):

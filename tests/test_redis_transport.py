@@ -16,9 +16,9 @@ from clients.publisher import SpikePublisher
 from clients.redis_publisher import RedisStreamSink
 from clients.redis_stream import GroupReader
 from clients.stimulator import StimulatorLink
-from service import protocol as P
-from service.redis_streams import Keys, connect, fields_to_frames, frames_to_fields
-from tests.conftest import (
+from service.cluster.redis_streams import Keys, connect, fields_to_frames, frames_to_fields
+from service.wire import protocol as P
+from tests.helpers import (
     PY,
     REPO,
     SimThread,
@@ -73,7 +73,7 @@ def _bad_frames(step: int) -> list[list[bytes]]:
 def test_session_fed_through_redis_decodes_and_its_output_reaches_a_consumer_group(
         server, redis_server):
     c = server.client()
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     pub = _publisher(redis_server.url, "rig1")
     with SimThread(seed=21, inject=_bad_frames, publisher=pub):
         s = c.start(c.create_session(_cfg(redis_server.url, "rig1"))["id"])
@@ -166,7 +166,7 @@ def test_redis_outage_stim_goes_safe_and_the_session_recovers(server, redis_serv
 
 
 def test_consumer_group_rereads_what_a_dead_consumer_had_not_acknowledged(redis_server):
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     key = Keys.output("s1")
     for seq in range(10):
         r.xadd(key, frames_to_fields(P.encode_control(b"heartbeat", P.KIND_HEARTBEAT, "s1",
@@ -193,7 +193,7 @@ def test_cli_sim_publishes_to_redis_and_stream_follows_a_group(redis_server):
                           "--redis-stream", "cli", "--fast", "--seconds", "0.2"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
-    r = connect(redis_server.url)
+    r = connect(redis_server.url, socket_timeout=5)
     entries = r.xrange(Keys.source("cli"))
     assert len(entries) == 2 * 200  # behaviour + spikes per 1 ms step
     kinds = {P.decode(list(f.values())).header.kind for _, f in entries[:2]}

@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.config import SessionConfig
-from service.recorder import Recorder, RecordType, read_log
-from service.simsession import SimSessionResult, run_sim_session
-from service.verify import verify
+from service.recording.recorder import Recorder, RecordType, read_log
+from service.recording.verify import verify
+from service.session.config import SessionConfig
+from service.session.simsession import SimSessionResult, run_sim_session
 from sources.motor import MotorCortexSim
+
+pytestmark = pytest.mark.unit
 
 SECONDS = 14.0  # >= 10 s of source time, 4 s of it calibration
 EVENTS = [
@@ -63,7 +65,8 @@ def test_verify_identical(session):
     report = verify(path)
     assert report.identical, report.first_divergence
     assert report.bins_compared == res.bins
-    assert report.models == 1 and report.events == len(EVENTS) + 2
+    # + states calibrating, running, stopped and the disarm at stop
+    assert report.models == 1 and report.events == len(EVENTS) + 4
     assert report.source_seconds == pytest.approx(SECONDS, abs=0.05)
 
 
@@ -118,7 +121,7 @@ def test_torn_recording_verifies_up_to_the_tear(session, tmp_path):
 
 
 def test_config_accepts_the_session_wrapper():
-    from service.verify import session_config
+    from service.session.config import recorded_config as session_config
 
     cfg = _config()
     wrapped = {"session_id": "s1", "config": cfg.model_dump(), "software": {"numpy": "x"}}

@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from service.config import SessionConfig
-from service.simsession import run_sim_session
+from service.session.config import SessionConfig
+from service.session.simsession import run_sim_session
 from sources.motor import MotorCortexSim
-from tests.conftest import PY, REPO
+from tests.helpers import PY, REPO
 
 pytest.importorskip("matplotlib", reason="pip install -e '.[ui]'")
 

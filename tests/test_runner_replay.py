@@ -1,6 +1,6 @@
 """A real session process records a live run; verify replays it identically.
 
-The session runs ``python -m service.runner`` (its own process, as in
+The session runs ``python -m service.session.runner`` (its own process, as in
 production) on simulated motor cortex published over ZeroMQ at ~4x real time,
 for 14 s of source time with calibration, arm, disarm and a limits change.
 """
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from service.config import SessionConfig
-from service.simsession import sim_frames
-from service.verify import verify
+from service.recording.verify import verify
+from service.session.config import SessionConfig
+from service.session.simsession import sim_frames
 from sources.motor import MotorCortexSim
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def test_live_session_replays_bit_for_bit(tmp_path):
     (tmp_path / "rec").mkdir()
     control = f"ipc://{tmp_path}/ctl"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.runner", "--id", "s1", "--config",
+        [sys.executable, "-m", "service.session.runner", "--id", "s1", "--config",
          str(tmp_path / "cfg.json"), "--control", control, "--run-dir", str(tmp_path),
          "--recordings-dir", str(tmp_path / "rec")], cwd=REPO)
     ctl = ctx.socket(zmq.DEALER)

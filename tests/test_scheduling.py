@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = """
 import os, sys
-from service.runner import set_scheduling
+from service.session.runner import set_scheduling
 note = set_scheduling(0, 10)
 print(note)
 print(os.sched_getscheduler(0) == os.SCHED_FIFO, sorted(os.sched_getaffinity(0)))
@@ -35,7 +35,7 @@ def test_set_scheduling_applies_or_reports_refusal():
 
 QOS = """
 import os, struct
-from service.runner import hold_cpu_dma_latency
+from service.session.runner import hold_cpu_dma_latency
 fd, note = hold_cpu_dma_latency(0)
 print(note)
 if fd is not None:  # the kernel reports the strictest request held by anyone

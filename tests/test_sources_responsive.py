@@ -13,6 +13,8 @@ from stim.commands import DBSCommand, OptoCommand, command_to_dict
 from stim.guard import SafetyGuard
 from stim.limits import SafetyLimits
 
+pytestmark = pytest.mark.unit
+
 MS = 1_000_000
 DBS3 = command_to_dict(DBSCommand(amplitude_ma=3.0, pulse_width_us=60, frequency_hz=130))
 

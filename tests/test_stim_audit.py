@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from stim.audit import AuditLog, read_audit
 from stim.commands import DBSCommand, OptoCommand, command_from_dict
 from stim.guard import SafetyGuard
 from stim.limits import SafetyLimits
 from stim.watchdog import FailsafeStimulator, Watchdog
+
+pytestmark = pytest.mark.unit
 
 MS = 1_000_000
 

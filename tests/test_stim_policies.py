@@ -8,6 +8,8 @@ import pytest
 from stim.commands import DBSCommand, OptoCommand
 from stim.policies import Policy, build_policy
 
+pytestmark = pytest.mark.unit
+
 MS = 1_000_000
 
 

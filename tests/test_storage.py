@@ -5,14 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.recorder import Recorder
-from service.storage import (
+from service.recording.recorder import Recorder
+from service.recording.storage import (
     InsufficientDisk,
     check_free,
     free_bytes,
     list_recordings,
     resolve_recording,
 )
+
+pytestmark = pytest.mark.unit
 
 
 def _record(path, bins: int, close: bool = True) -> Recorder:

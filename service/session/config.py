@@ -1,0 +1,218 @@
+"""Session configuration: the pydantic models the REST API accepts and stores.
+
+A config fully describes a session, so that it can be stored, restarted after
+an API restart, and replayed with the same decisions.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from stim.limits import SafetyLimits
+
+_ENDPOINT = re.compile(r"(tcp://(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):(\d+|\*)|ipc://\S+|inproc://\S+)")
+
+
+#: bounds on what one session config may make a session hold in memory
+MAX_RING_BYTES = 256 << 20
+MAX_CALIBRATION_BYTES = 1 << 30
+
+
+def _check_endpoint(v: str) -> str:
+    if not _ENDPOINT.fullmatch(v):  # fullmatch: "$" would let a trailing newline through
+        raise ValueError(
+            f"{v!r} is not a ZeroMQ endpoint; use tcp://HOST:PORT (PORT 0 or * = any free port) "
+            "or ipc:///path"
+        )
+    return v
+
+
+class SourceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field("tcp://127.0.0.1:5555", description="Where the source publishes")
+    channels: int = Field(96, ge=1, le=65536, description="Number of units/channels")
+    spikes_topic: str = "spikes"
+    behavior_topic: str = Field("behavior", description="Ground truth / calibration targets")
+    stream: str | None = Field(None, description="Accept only frames of this stream id")
+    reorder_tolerance_ms: float = Field(0.0, ge=0, le=1000,
+                                        description="Late events within this window are binned")
+    timestamp_tolerance_ms: float = Field(50.0, ge=0, le=60_000,
+                                          description="A frame older than this is rejected")
+    redis_stream: str | None = Field(
+        None, pattern=r"^[\w.\-]+$", max_length=100,
+        description="Read the spike frames from this Redis stream (on the session's redis.url) "
+                    "instead of the ZeroMQ endpoint: a source on another host, through Redis")
+
+    _endpoint = field_validator("endpoint")(_check_endpoint)
+
+
+class DecoderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field("kalman", description="Decoder kind to calibrate (kalman, wiener, snn, ...)")
+    model: str | None = Field(None, description="Name of a stored model: skips calibration")
+    params: dict[str, Any] = Field(default_factory=dict, description="Decoder constructor args")
+    calibration_s: float = Field(30.0, gt=0, le=3600,
+                                 description="Source-clock seconds collected before fitting")
+    outputs: list[str] | None = Field(None, description="Behaviour names to decode (default all)")
+    adapt: bool = Field(False, description="Recalibrate online from the behaviour topic")
+
+
+class StimConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    modality: Literal["dbs", "opto"] = "dbs"
+    policy: dict[str, Any] = Field(default_factory=lambda: {"type": "speed_to_dbs"},
+                                   description='{"type": name, **params}')
+    limits: SafetyLimits = Field(default_factory=SafetyLimits)
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    endpoint: str = Field("tcp://127.0.0.1:0",
+                          description="PUB socket for decoded/stim/heartbeat: tcp://127.0.0.1:"
+                                      "PORT (0 = any free port), or \"ipc\" for a socket the "
+                                      "server places in the session's own directory")
+    high_water_mark: int = Field(10_000, ge=1, le=100_000)
+    heartbeat_ms: float = Field(100.0, gt=0, le=10_000)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _output_endpoint(cls, v: str) -> str:
+        return v if v == "ipc" else _check_endpoint(v)
+
+
+class SecurityConfig(BaseModel):
+    """CurveZMQ on the session's links (see docs/reliability.md, security model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source_public_key: str | None = Field(
+        None, min_length=40, max_length=40,
+        description="z85 public key of the source: encrypt and authenticate the ingest link")
+    output_curve: bool = Field(False, description="Encrypt the output (stim/decoded) socket")
+    output_allowed_clients: str | None = Field(
+        None, description="Directory of public keys allowed on the output (None: any client "
+                          "that knows the service key)")
+
+
+class RedisConfig(BaseModel):
+    """Scale-out, opt-in: the Redis server holding this session's streams."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(..., pattern=r"^rediss?://\S+$", description="redis://[:password@]host:port/db")
+    mirror_output: bool = Field(True, description="Copy decoded, stim and heartbeat frames to "
+                                                  "the session's output stream")
+    output_maxlen: int = Field(100_000, ge=100, le=100_000_000,
+                               description="Approximate length the output stream is trimmed to")
+    mirror_recording: bool = Field(True, description="Copy the recording log, record by record, "
+                                                     "to the session's recording stream")
+
+
+class SessionConfig(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{
+                "name": "monkey-J-day3",
+                "bin_ms": 20,
+                "source": {"endpoint": "tcp://127.0.0.1:5555", "channels": 96},
+                "decoder": {"type": "kalman", "calibration_s": 30},
+                "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
+            }]
+        },
+    )
+
+    name: str = Field("session", min_length=1, max_length=100, pattern=r"^[\w.\- ]+$")
+    bin_ms: float = Field(20.0, ge=0.1, le=1000, description="Decoding bin width (source clock)")
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    decoder: DecoderConfig = Field(default_factory=DecoderConfig)
+    stim: StimConfig = Field(default_factory=StimConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
+    record: bool = Field(True, description="Write a recording of the session")
+    gc_freeze: bool = Field(True, description="Freeze the GC after start-up (latency)")
+    cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")
+    spin: bool = Field(False, description="Busy-poll the input instead of blocking: lowest "
+                                          "latency, costs a whole core")
+    rt_priority: int | None = Field(
+        None, ge=1, le=99,
+        description="Run the session process (and libzmq's I/O thread) under SCHED_FIFO at "
+                    "this priority; needs root or CAP_SYS_NICE, else the session says so")
+    cpu_dma_latency_us: int | None = Field(
+        None, ge=0, le=10_000,
+        description="While the session runs, ask the kernel (/dev/cpu_dma_latency) to keep "
+                    "idle CPUs in idle states that wake within this many µs; 0 = poll. "
+                    "Cuts wake-up latency on every hop, costs idle CPU time; needs root")
+    redis: RedisConfig | None = Field(None, description="Streams in Redis (scale-out); none "
+                                                        "by default")
+    placement: dict[str, str] = Field(
+        default_factory=dict,
+        description="With workers: run only on a worker whose labels include all of these "
+                    '(e.g. {"rig": "rig-2"}, the host the source is attached to)')
+    failover: Literal["fail", "restart"] = Field(
+        "fail", description="With workers: when the worker running this session is lost, mark "
+                            "it failed, or restart it on another worker (stimulation disarmed "
+                            "until an operator arms it again)")
+
+    @model_validator(mode="after")
+    def _bounded_memory(self) -> SessionConfig:
+        """A config must not be able to take the host's memory: the binner's ring (channels x
+        pending bins) and the calibration block (channels x calibration bins) are capped."""
+        ch = self.source.channels
+        pending = -(-self.source.reorder_tolerance_ms // self.bin_ms) + 64
+        ring = ch * pending * 8
+        if ring > MAX_RING_BYTES:
+            raise ValueError(
+                f"source.channels {ch} x {pending:.0f} pending bins (reorder_tolerance_ms "
+                f"{self.source.reorder_tolerance_ms:g} / bin_ms {self.bin_ms:g} + 64) needs "
+                f"{ring / 2**20:.0f} MiB of binner ring, over {MAX_RING_BYTES >> 20} MiB: "
+                "lower the reorder tolerance or widen the bins")
+        cal = ch * (self.decoder.calibration_s * 1000 / self.bin_ms) * 8
+        if self.decoder.model is None and cal > MAX_CALIBRATION_BYTES:
+            raise ValueError(
+                f"calibrating {self.decoder.calibration_s:g} s of {ch} channels in "
+                f"{self.bin_ms:g} ms bins holds {cal / 2**20:.0f} MiB, over "
+                f"{MAX_CALIBRATION_BYTES >> 20} MiB: shorten decoder.calibration_s, widen "
+                "the bins, or start from a stored model (decoder.model)")
+        return self
+
+    @model_validator(mode="after")
+    def _no_realtime_spin(self) -> SessionConfig:
+        if self.spin and self.rt_priority:
+            raise ValueError("spin with rt_priority would starve the CPU it runs on: pick one")
+        if self.source.redis_stream and self.redis is None:
+            raise ValueError("source.redis_stream needs redis.url: the Redis server to read from")
+        if self.source.redis_stream and self.security.source_public_key:
+            raise ValueError("security.source_public_key secures a ZeroMQ source, but with "
+                             "source.redis_stream the frames come from Redis: drop the key "
+                             "and protect Redis instead (a password, rediss://)")
+        return self
+
+    @property
+    def bin_ns(self) -> int:
+        return int(round(self.bin_ms * 1e6))
+
+
+def recorded_session_id(value: dict[str, Any]) -> str | None:
+    """The session id of a recording's CONFIG record (older recordings nested it)."""
+    sid = value.get("session_id") or (value.get("config") or {}).get("session_id")
+    return str(sid) if sid else None
+
+
+def recorded_config(value: dict[str, Any]) -> SessionConfig:
+    """The session config of a recording's CONFIG record.
+
+    The recorder writes ``{"session_id", "config", ...}``; older recordings nested the
+    config one level deeper or held it bare, and carried keys since removed: all are read.
+    """
+    cfg = value
+    while "bin_ms" not in cfg and isinstance(cfg.get("config"), dict):
+        cfg = cfg["config"]
+    return SessionConfig(**{k: v for k, v in cfg.items() if k in SessionConfig.model_fields})
