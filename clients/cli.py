@@ -17,16 +17,27 @@ import typer
 app = typer.Typer(
     help="spikeloop: closed-loop BCI service. Start with `spikeloop run` (everything at once) "
          "or `spikeloop serve` + `spikeloop sim` + `spikeloop session create/start`.",
-    no_args_is_help=True, add_completion=False)
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 session_app = typer.Typer(help="Create, start, stop and list sessions.", no_args_is_help=True)
 app.add_typer(session_app, name="session")
+
+
+@app.callback()
+def _logging(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                          help="Debug logging from every part")) -> None:
+    """Service parts log through ``logging``: one line each, to stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
 
 DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
 DEFAULT_API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
 
 
 def _token(data_dir: Path, token: str | None) -> str | None:
-    from service.auth import read_admin_token
+    from service.api.auth import read_admin_token
 
     return token or os.environ.get("SPIKELOOP_TOKEN") or read_admin_token(data_dir)
 
@@ -56,14 +67,18 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
           redis: str | None = typer.Option(None, help="Run sessions on workers registered in "
                                                       "this Redis (redis://host:port/db)"),
           worker_timeout: float = typer.Option(5.0, help="Seconds without a heartbeat after "
-                                                         "which a worker is lost")):
+                                                         "which a worker is lost"),
+          public_outputs: bool = typer.Option(False, "--public-outputs",
+                                              help="Let sessions bind their output beyond "
+                                                   "loopback (tcp://0.0.0.0:PORT)")):
     """Run the control plane (FastAPI + uvicorn).
 
     Example: spikeloop serve --port 8000 --data-dir var
     """
+    os.umask(0o077)  # data files and sockets: readable by this user only
     import uvicorn
 
-    from service.api import Settings, create_app
+    from service.api.app import Settings, create_app
 
     if no_auth and not _is_loopback(host):
         typer.echo(f"refusing to serve on {host} without authentication: drop --no-auth "
@@ -72,9 +87,12 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
     app_ = create_app(Settings(data_dir=data_dir, auth=not no_auth,
                                stop_sessions_on_shutdown=not keep_sessions,
                                redis_url=redis or None,  # "" (compose default): no Redis
-                               worker_timeout_s=worker_timeout))
+                               worker_timeout_s=worker_timeout,
+                               public_outputs=public_outputs))
     if app_.state.token_path:
         typer.echo(f"admin token: {app_.state.token_path.resolve()}", err=True)
+    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    typer.echo(f"API {url}  dashboard {url}/  API docs {url}/docs", err=True)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
@@ -96,7 +114,8 @@ def worker(redis: str = typer.Option(..., help="The control plane's Redis (redis
 
     Example: spikeloop worker --redis redis://10.0.0.5:6379/0 --label rig=rig-2 --capacity 4
     """
-    from service.worker import run_worker
+    os.umask(0o077)  # data files and sockets: readable by this user only
+    from service.cluster.worker import run_worker
 
     labels = {}
     for item in label:
@@ -150,7 +169,7 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
                                  "stream name the sessions read (source.redis_stream)")
     src = _make_source(source, units, seed, baseline_hz, modulation_hz)
     sink = None
-    if redis:
+    if redis and redis_stream:
         from .redis_publisher import RedisStreamSink
 
         try:
@@ -200,8 +219,9 @@ def session_create(
         decoder: str = typer.Option("kalman"), model: str | None = typer.Option(None),
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
         api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
-        token: str | None = typer.Option(None)):
-    """Create a session (from a JSON config file, or from options).
+        token: str | None = typer.Option(None),
+        as_json: bool = typer.Option(False, "--json", help="Print the whole session record")):
+    """Create a session (from a JSON config file, or from options); prints its id.
 
     Example: spikeloop session create --channels 96 --decoder kalman --calibration-s 20
     """
@@ -211,31 +231,35 @@ def session_create(
         "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
     }
     with _client(api, data_dir, token) as c:
-        _print(c.create_session(cfg))
+        _show(c.create_session(cfg), as_json)
 
 
 @session_app.command("start")
 def session_start(sid: str, api: str = typer.Option(DEFAULT_API),
                   data_dir: Path = typer.Option(DEFAULT_DATA),
-                  token: str | None = typer.Option(None)):
+                  token: str | None = typer.Option(None),
+                  as_json: bool = typer.Option(False, "--json",
+                                               help="Print the whole session record")):
     """Start a created or stopped session.
 
     Example: spikeloop session start 3f2a9c1b7d10
     """
     with _client(api, data_dir, token) as c:
-        _print(c.start(sid))
+        _show(c.start(sid), as_json)
 
 
 @session_app.command("stop")
 def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
                  data_dir: Path = typer.Option(DEFAULT_DATA),
-                 token: str | None = typer.Option(None)):
+                 token: str | None = typer.Option(None),
+                 as_json: bool = typer.Option(False, "--json",
+                                              help="Print the whole session record")):
     """Stop a session: stimulation is driven safe first.
 
     Example: spikeloop session stop 3f2a9c1b7d10
     """
     with _client(api, data_dir, token) as c:
-        _print(c.stop(sid))
+        _show(c.stop(sid), as_json)
 
 
 @session_app.command("list")
@@ -256,6 +280,19 @@ def _print(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def _show(session: dict[str, Any], as_json: bool) -> None:
+    """A session record: its id (and state) on one line, or the whole JSON with --json."""
+    if as_json:
+        _print(session)
+        return
+    line = f"{session['id']}  {session['state']}"
+    if session.get("output_endpoint"):
+        line += f"  output {session['output_endpoint']}"
+    if session.get("error"):
+        line += f"  error: {session['error']}"
+    typer.echo(line)
+
+
 # ============================================================================ tokens
 @app.command()
 def token(name: str = typer.Argument(..., help="Who or what the token is for"),
@@ -265,8 +302,8 @@ def token(name: str = typer.Argument(..., help="Who or what the token is for"),
 
     Example: spikeloop token dashboard --scopes read,control
     """
-    from service.auth import new_token
-    from service.store import Store
+    from service.api.auth import new_token
+    from service.session.store import Store
 
     store = Store(data_dir / "spikeloop.db")
     try:
@@ -285,7 +322,7 @@ def keys(name: str = typer.Argument(..., help="Certificate name, e.g. rig1 or st
 
     Example: spikeloop keys rig1 && spikeloop sim --curve-secret var/keys/rig1.key_secret
     """
-    from service.curve import ensure_cert, public_key
+    from service.wire.curve import ensure_cert, public_key
 
     pub, sec = ensure_cert(directory, name)
     typer.echo(f"public key {public_key(pub)}\n  {pub}\n  {sec} (keep secret)")
@@ -381,7 +418,7 @@ def replay(recording: str = typer.Argument(..., help="A .splog session log, an N
       spikeloop replay var/recordings/abc.splog --speed 10
       spikeloop replay ../shared/data/mc_maze_small/sub-Jenkins_ses-small_desc-test_ecephys.nwb
     """
-    from service.replay import open_recording, publish, text_progress
+    from service.recording.replay import open_recording, publish, text_progress
 
     rec = open_recording(recording)
     typer.echo(f"replaying {rec.kind} {recording}: {rec.channels} channels, "
@@ -399,8 +436,8 @@ def verify(recording: Path = typer.Argument(..., exists=True, help="A .splog ses
     Exits 1 and names the first divergent bin if anything differs.
     Example: spikeloop verify var/recordings/abc-20261123T101500.splog
     """
-    from service.replay import text_progress
-    from service.verify import verify as run_verify
+    from service.recording.replay import text_progress
+    from service.recording.verify import verify as run_verify
 
     report = run_verify(recording, None if quiet else text_progress("verify"))
     _print(report.to_dict())
@@ -415,8 +452,8 @@ def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .s
 
     Example: spikeloop export-nwb var/recordings/abc-20261123T101500.splog out.nwb
     """
-    from service.nwb_export import export_nwb
-    from service.replay import text_progress
+    from service.recording.nwb_export import export_nwb
+    from service.recording.replay import text_progress
 
     path = export_nwb(recording, out or recording.with_suffix(".nwb"), text_progress("export"))
     typer.echo(str(path))
@@ -445,7 +482,8 @@ def recorder_cmd(
     end. Stop with Ctrl-C (or SIGTERM); a restart resumes where it stopped.
     Example: spikeloop recorder --redis redis://10.0.0.5:6379/0 --out /data/central
     """
-    from service.central_recorder import main as run_recorder
+    os.umask(0o077)  # data files and sockets: readable by this user only
+    from service.cluster.central_recorder import main as run_recorder
 
     run_recorder(redis_url, out, group, consumer, lease_s, nwb)
 
@@ -456,12 +494,12 @@ def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
 
     Example: spikeloop recordings --data-dir var
     """
-    from service.storage import list_recordings
+    from service.recording.storage import list_recordings
 
     for r in list_recordings(data_dir / "recordings"):
         dur = f"{r.duration_s:8.1f} s" if r.duration_s is not None else "       - "
-        typer.echo(f"{r.name:50s} {r.kind:4s} {r.size_bytes / 1e6:8.2f} MB {dur} "
-                   f"{'clean' if r.clean else 'open/torn'}")
+        state = "-" if r.clean is None else "clean" if r.clean else "open/torn"
+        typer.echo(f"{r.name:50s} {r.kind:4s} {r.size_bytes / 1e6:8.2f} MB {dur} {state}")
 
 
 # ============================================================================ models
@@ -485,8 +523,9 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
     from decoders.train import train_model
 
     params = {"epochs": epochs} if epochs and kind == "snn" else {}
+    b: float | None
     if source.endswith(".splog"):
-        from service.training import recording_arrays
+        from service.recording.training import recording_arrays
 
         counts, behavior, names, b = recording_arrays(source, bin_ms)
         data: object = (counts, behavior)
@@ -560,10 +599,12 @@ def run(units: int = typer.Option(96, help="Simulated units"),
     client = None
     sid = None
     try:
+        # Children in their own process groups: Ctrl-C in the terminal reaches only this
+        # process, which then stops the session through the API before stopping them.
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "serve", "--port", str(port),
-                                       "--data-dir", str(data_dir)]))
+                                       "--data-dir", str(data_dir)], start_new_session=True))
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "sim", "--endpoint", src,
-                                       "--units", str(units)]))
+                                       "--units", str(units)], start_new_session=True))
         client = ControlClient(api, None)
         _wait_http(client, procs[0])
         client = ControlClient(api, _token(data_dir, None))
@@ -575,6 +616,7 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         })
         sid = s["id"]
         s = client.start(sid)
+        typer.echo(f"API {api}  dashboard {api}/  API docs {api}/docs", err=True)
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
                    f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
         t_end = time.monotonic() + seconds if seconds else None
@@ -620,5 +662,31 @@ app.command()(report)
 app.command()(doctor)
 app.add_typer(lsl_app, name="lsl")
 
+def main() -> None:
+    """The ``spikeloop`` entry point: the commands, with errors on one line each."""
+    import httpx
+    import zmq
+
+    from .control import ControlError
+
+    try:
+        app()
+    except ControlError as exc:
+        typer.echo(f"error: the control plane answered {exc.status}: {exc.detail}", err=True)
+        sys.exit(1)
+    except httpx.TransportError as exc:
+        typer.echo(f"error: cannot reach the control plane ({exc}); start it with "
+                   "`spikeloop serve`, or point --api at it", err=True)
+        sys.exit(1)
+    except zmq.ZMQError as exc:
+        hint = "; another process holds it: pick another --endpoint, or stop that process" \
+            if exc.errno == zmq.EADDRINUSE else ""
+        typer.echo(f"error: ZeroMQ: {exc}{hint}", err=True)
+        sys.exit(1)
+    except (OSError, ValueError, KeyError, TimeoutError, RuntimeError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,6 +1,6 @@
 """A one-page figure of a recorded session: raster, decoded vs true, stimulation, arrival delays.
 
-Everything comes from the session log (``service.recorder.read_log``): spikes and
+Everything comes from the session log (``service.recording.recorder.read_log``): spikes and
 behaviour from INPUT frames, decoded outputs and stimulation outcomes from BIN
 records, arm/disarm from EVENT records. The log holds no processing times, so
 the last panel shows what it can measure honestly: how late each spike frame
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from service import protocol as P
-from service.recorder import BinRecord, InputFrames, RecordType, read_log
+from service.recording.recorder import BinRecord, InputFrames, RecordType, read_log
+from service.wire import protocol as P
 
 Progress = Callable[[int, int], None]
 FLAGGED = ("clamped", "refused", "safe")  # outcome statuses marked on the timeline
@@ -76,7 +76,7 @@ def load(path: str | Path, raster_s: float = 10.0,
     path = Path(path)
     data = SessionData(path)
     size = max(path.stat().st_size, 1)
-    spikes: deque[tuple[np.ndarray, np.ndarray]] = deque()
+    spikes: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
     newest = None
     beh_t: list[int] = []
     beh_v: list[np.ndarray] = []
@@ -96,7 +96,7 @@ def load(path: str | Path, raster_s: float = 10.0,
         elif rec.type == RecordType.CONFIG:
             cfg = v.get("config", {})
             cfg = cfg.get("config", cfg)  # the session process wraps it with its id
-            data.session_id = v.get("config", {}).get("session_id", "")
+            data.session_id = v.get("session_id") or v.get("config", {}).get("session_id", "")
             data.bin_ms = float(cfg.get("bin_ms", 0.0))
             data.channels = int(cfg.get("source", {}).get("channels", 0))
             data.amplitude_unit = "mW" if cfg.get("stim", {}).get("modality") == "opto" else "mA"
@@ -154,7 +154,7 @@ def _add_input(v: InputFrames, spikes: deque, beh_t: list[int], beh_v: list[np.n
     if h.kind == P.KIND_EVENTS:
         times, ids = np.array(msg.times, np.int64), np.array(msg.ids, np.int64)
     elif h.kind == P.KIND_COUNTS:
-        ids = np.flatnonzero(msg.values)
+        ids = np.flatnonzero(msg.array())
         times = np.full(ids.size, h.t_ns, np.int64)
     else:
         return newest
@@ -190,8 +190,8 @@ def _fill_bins(data: SessionData, bins: list[BinRecord], beh_t: list[int],
     data.amplitude, data.status = amp, np.array(status)
     index = np.array([b.index for b in bins], np.int64)
     armed_at = None
-    for b, op in sorted(controls):
-        t = float(data.bin_t[min(np.searchsorted(index, b), len(index) - 1)])
+    for k, op in sorted(controls):
+        t = float(data.bin_t[min(int(np.searchsorted(index, k)), len(index) - 1)])
         if op == "arm" and armed_at is None:
             armed_at = t
         elif op == "disarm" and armed_at is not None:
@@ -264,8 +264,8 @@ def render(data: SessionData, out: str | Path, raster_s: float = 10.0) -> Path:
     for status, color in zip(FLAGGED, ("tab:orange", "tab:gray", "tab:green"), strict=True):
         sel = data.status == status
         if sel.any():
-            ts, a = _thin(data.bin_t[sel], data.amplitude[sel])
-            ax.plot(ts, a, ".", ms=3, color=color, label=f"{status} ({counts[status]} bins)")
+            ts, amp_sel = _thin(data.bin_t[sel], data.amplitude[sel])
+            ax.plot(ts, amp_sel, ".", ms=3, color=color, label=f"{status} ({counts[status]} bins)")
     ax.set(title="Stimulation (shaded: armed)", xlabel="source time (s)",
            ylabel=f"amplitude ({data.amplitude_unit})")
     ax.legend(loc="upper right", fontsize=8)

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from service import protocol as P
-from service.curve import connect_curve
+from service.wire import protocol as P
+from service.wire.curve import connect_curve
 
 
 @dataclass
@@ -44,7 +44,7 @@ class StreamClient:
     def __init__(self, endpoint: str, topics: tuple[bytes, ...] = (b"decoded", b"stim",
                                                                     b"heartbeat"),
                  server_public_key: str | None = None, secret_file: str | None = None):
-        self.socket = zmq.Context.instance().socket(zmq.SUB)
+        self.socket: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         if server_public_key:  # a session whose output is CURVE-encrypted
             connect_curve(self.socket, server_public_key, secret_file)
@@ -69,10 +69,16 @@ class StreamClient:
 
 
 class RunningR2:
-    """Coefficient of determination over a sliding window of the last ``window`` bins."""
+    """Coefficient of determination over a sliding window of the last ``window`` bins.
 
-    def __init__(self, window: int = 1500):
+    Over a handful of bins the truth barely varies, so R² is meaningless (it reads like
+    -1e34 right after calibration): it is NaN until ``min_bins`` bins are in the window.
+    The dashboard applies the same rule (service/api/dashboard/app.js, ``r2Text``).
+    """
+
+    def __init__(self, window: int = 1500, min_bins: int = 100):
         self.window = window
+        self.min_bins = min_bins
         self.pred: list[np.ndarray] = []
         self.true: list[np.ndarray] = []
 
@@ -83,7 +89,7 @@ class RunningR2:
             del self.pred[0], self.true[0]
 
     def r2(self) -> np.ndarray:
-        if len(self.true) < 3:
+        if len(self.true) < max(3, self.min_bins):
             return np.full(len(self.true[0]) if self.true else 0, np.nan)
         p, t = np.asarray(self.pred), np.asarray(self.true)
         ss_res = ((t - p) ** 2).sum(0)
