@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: lint, then every test (real sockets, real servers, real files).
+# The whole test suite: lint, type check, then every test (real sockets, real servers, files).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -24,4 +24,6 @@ if ! command -v redis-server >/dev/null; then
     fi
 fi
 .venv/bin/ruff check .
+.venv/bin/mypy
+# The unit tests alone (in-process, about a minute): .venv/bin/python -m pytest -m unit
 exec .venv/bin/python -m pytest -q "$@"
