@@ -5,6 +5,11 @@ the command in force; heartbeats arrive every ``output.heartbeat_ms`` even when
 no bins flow. If neither arrives within ``deadline_ms`` (the service died, the
 network broke), the link calls ``on_safe`` once and reports ``lost``: the
 stimulator must go to its own safe state (light off, DBS to its fallback).
+
+Give it the ``session_id`` it serves: every stim and heartbeat message carries its
+session's id (the header's stream id), and messages of any other session are
+refused and counted (``foreign``) — they never reach the stimulator, nor keep its
+deadline alive.
 """
 
 from __future__ import annotations
@@ -15,8 +20,8 @@ from typing import Any
 
 import zmq
 
-from service import protocol as P
-from service.curve import connect_curve
+from service.wire import protocol as P
+from service.wire.curve import connect_curve
 from stim.watchdog import Watchdog
 
 
@@ -24,11 +29,14 @@ class StimulatorLink:
     def __init__(self, endpoint: str, deadline_ms: float = 300.0,
                  on_command: Callable[[dict[str, Any]], None] | None = None,
                  on_safe: Callable[[str], None] | None = None,
-                 server_public_key: str | None = None, secret_file: str | None = None):
+                 server_public_key: str | None = None, secret_file: str | None = None,
+                 session_id: str | None = None):
+        self.session_id = session_id
+        self.foreign = 0  # messages from another session (refused)
         self.watchdog = Watchdog(int(deadline_ms * 1e6))  # the same deadline logic as the loop
         self.on_command = on_command or (lambda cmd: None)
         self.on_safe = on_safe or (lambda reason: None)
-        self.socket = zmq.Context.instance().socket(zmq.SUB)
+        self.socket: zmq.Socket = zmq.Context.instance().socket(zmq.SUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         if server_public_key:  # a session whose output is CURVE-encrypted
             connect_curve(self.socket, server_public_key, secret_file)
@@ -48,6 +56,9 @@ class StimulatorLink:
                 msg = P.decode(self.socket.recv_multipart())
             except P.ProtocolError:
                 self.rejected += 1  # a corrupt command is never applied
+                continue
+            if self.session_id is not None and msg.header.stream != self.session_id:
+                self.foreign += 1  # another session's command is never applied
                 continue
             self.watchdog.feed(time.monotonic_ns())
             self.lost = False
@@ -69,7 +80,7 @@ class StimulatorLink:
             return
         self.lost = True
         self.current = None
-        silent = now - self.watchdog.last_feed_ns
+        silent = now - (self.watchdog.last_feed_ns or now)
         self.on_safe(f"no heartbeat or command for {silent / 1e6:.0f} ms")
 
     def close(self) -> None:
