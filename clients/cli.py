@@ -31,6 +31,8 @@ def _logging(verbose: bool = typer.Option(False, "--verbose", "-v",
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    for chatty in ("httpx", "httpcore"):  # one line per request is noise on a terminal
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
 DEFAULT_API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
@@ -70,7 +72,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
                                                          "which a worker is lost"),
           public_outputs: bool = typer.Option(False, "--public-outputs",
                                               help="Let sessions bind their output beyond "
-                                                   "loopback (tcp://0.0.0.0:PORT)")):
+                                                   "loopback (tcp://0.0.0.0:PORT)"),
+          max_sessions: int = typer.Option(16, min=1, help="Sessions running here at once")):
     """Run the control plane (FastAPI + uvicorn).
 
     Example: spikeloop serve --port 8000 --data-dir var
@@ -88,7 +91,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
                                stop_sessions_on_shutdown=not keep_sessions,
                                redis_url=redis or None,  # "" (compose default): no Redis
                                worker_timeout_s=worker_timeout,
-                               public_outputs=public_outputs))
+                               public_outputs=public_outputs, max_sessions=max_sessions))
     if app_.state.token_path:
         typer.echo(f"admin token: {app_.state.token_path.resolve()}", err=True)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -511,7 +514,8 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
           epochs: int | None = typer.Option(None, help="SNN training epochs"),
           seed: int = typer.Option(0),
           bin_ms: float | None = typer.Option(None, help="Bin width for a recording"),
-          data_dir: Path = typer.Option(DEFAULT_DATA)):
+          data_dir: Path = typer.Option(DEFAULT_DATA),
+          replace: bool = typer.Option(False, help="Train over a stored model of this name")):
     """Train a decoder (validation split, early stopping, seeded) into the model store.
 
     Examples:
@@ -522,6 +526,9 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
     from decoders.store import ModelStore
     from decoders.train import train_model
 
+    store = ModelStore(data_dir / "models")
+    if not replace and name in {m["name"] for m in store.list()}:
+        raise ValueError(f"model {name!r} exists; add --replace to train over it")
     params = {"epochs": epochs} if epochs and kind == "snn" else {}
     b: float | None
     if source.endswith(".splog"):
@@ -534,7 +541,7 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
         data, names, b = source, None, bin_ms
     dec, meta = train_model(data, kind, params, seed, progress=text_progress, bin_ms=b,
                             output_names=names)
-    path = ModelStore(data_dir / "models").save(name, dec, meta | {"source": source})
+    path = store.save(name, dec, meta | {"source": source})
     r2 = meta["metrics"].get("r2_mean")
     typer.echo(f"{path}" + (f"  test R² {r2:.3f}" if r2 is not None else ""))
 

@@ -190,3 +190,18 @@ def test_status_says_why_calibration_does_not_progress_without_behaviour():
     why = core.stim_status()["why_not_stimulating"]
     assert core.state is SessionState.CALIBRATING
     assert "0 of 150 bins" in why and "no behaviour frames" in why and "decoder.model" in why
+
+
+def test_a_source_restart_during_calibration_starts_calibration_over():
+    """Never one decoder fitted on two sources' data (a restart, or a stranger taking a
+    stopped source's endpoint): the collected block is dropped, counted, visible."""
+    core = SessionCore(_cfg())
+    core.begin()
+    for f in segment(6, 2.0, epoch=1):
+        core.accept(f)
+    assert core.calibration_status()["bins"] > 50
+    for f in segment(7, 1.0, epoch=2):
+        core.accept(f)
+    st = core.calibration_status()
+    assert st["restarts"] == 1 and 0 < st["bins"] <= BINS_PER_S
+    assert core.state is SessionState.CALIBRATING

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import msgpack
 import numpy as np
@@ -245,3 +246,97 @@ def test_websocket_stream_delivers_decoded_bins_and_closes_when_the_session_stop
             with pytest.raises(ConnectionClosed):  # closed by the server, not a timeout
                 while True:
                     ws.recv(timeout=10)
+
+
+def test_ctrl_c_on_run_stops_everything_without_a_traceback(tmp_path):
+    """Ctrl-C in a terminal signals the whole foreground process group: run alone must
+    handle it (its children have their own groups), stop the session, then them."""
+    data = tmp_path / "var"
+    proc = subprocess.Popen(
+        [PY, "-m", "clients.cli", "run", "--calibration-s", "2", "--port", str(free_port()),
+         "--source-port", str(free_port()), "--data-dir", str(data)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        wait_for(lambda: list((data / "recordings").glob("*.splog")), 90, "the session")
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err, err[-3000:]
+    assert "all processes stopped" in err and "API http://127.0.0.1:" in err
+    assert not processes_mentioning(str(tmp_path))
+
+
+def test_stream_thins_decoded_bins_but_never_a_safety_event(server):
+    """every=10 thins decoded vectors and routine commands; every clamped, refused or safe
+    command reaches the client (the dashboard's safety panel)."""
+    import json
+
+    from websockets.sync.client import connect
+
+    c = server.client()
+    with SimThread(units=96, seed=10) as sim:
+        cfg = _session_config(sim.endpoint, decoder={"type": "kalman", "calibration_s": 1.0})
+        cfg["stim"]["policy"]["gain_ma_per_cm_s"] = 5.0  # asks far above the limit: clamped
+        sid = c.start(c.create_session(cfg)["id"])["id"]
+        wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
+        c.arm(sid)
+        url = server.url.replace("http", "ws") + f"/sessions/{sid}/stream?every=10"
+        with connect(url, open_timeout=10) as ws:
+            stim, decoded = [], []
+            while len(decoded) < 30:
+                m = json.loads(ws.recv(timeout=10))
+                if m["kind"] == "decoded":
+                    decoded.append(m["bin"])
+                    assert m["names"] == ["x", "y", "vx", "vy"]
+                elif m["kind"] == "stim.command" and m["in_seq"] >= 0:
+                    stim.append(m)
+        final = c.stop(sid)
+    from service.recording.recorder import RecordType, read_log
+
+    span = range(decoded[0], decoded[-1])
+    flagged = ("clamped", "refused", "safe")
+    recorded = {r.value.index for r in read_log(final["recording"], {RecordType.BIN})
+                if r.value.index in span and r.value.outcome["status"] in flagged}
+    streamed = {m["bin"] for m in stim if m["bin"] in span and m["status"] in flagged}
+    assert len(recorded) > 10 and streamed == recorded
+    assert len({m["bin"] for m in stim if m["bin"] in span}) < len(span)  # others thinned
+
+
+def test_api_docs_work_offline(server):
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=10) as h:
+        page = h.get("/docs").text
+        assert "/docs/static/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+        assert h.get("/docs/static/swagger-ui-bundle.js").status_code == 200
+        assert h.get("/docs/static/swagger-ui.css").status_code == 200
+
+
+def test_cli_errors_are_one_line_and_session_create_prints_the_id(server, tmp_path):
+    port = free_port()
+    busy = __import__("socket").socket()
+    busy.bind(("127.0.0.1", port))
+    busy.listen()
+    try:
+        sim = subprocess.run([PY, "-m", "clients.cli", "sim", "--endpoint",
+                              f"tcp://127.0.0.1:{port}", "--seconds", "1"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        busy.close()
+    assert sim.returncode == 1 and "Traceback" not in sim.stderr
+    assert "another process holds it" in sim.stderr, sim.stderr
+    common = ["--api", server.url, "--data-dir", str(server.data_dir)]
+    out = subprocess.run([PY, "-m", "clients.cli", "session", "create", "--channels", "96",
+                          *common], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    sid, state = out.stdout.split()[:2]
+    assert len(out.stdout.strip().splitlines()) == 1 and state == "created"
+    assert server.client().session(sid)["id"] == sid
+    bad = subprocess.run([PY, "-m", "clients.cli", "session", "start", "nope", *common],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().count("\n") == 0 and "404" in bad.stderr, bad.stderr

@@ -55,6 +55,7 @@ class Settings:
     max_body_bytes: int = 1 << 20  # request bodies (configs, limits) are small
     max_websockets: int = 64  # live streams at once, all sessions together
     public_outputs: bool = False  # let sessions bind their output beyond loopback
+    max_sessions: int = 16  # session processes on this host at once
 
 
 # ---------------------------------------------------------------------- schemas
@@ -96,6 +97,7 @@ class TrainIn(BaseModel):
     kind: Literal["snn", "kalman", "wiener"] = "snn"
     epochs: int | None = Field(None, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**31)
+    replace: bool = Field(False, description="Train over a stored model of this name")
 
     model_config = {"json_schema_extra": {"examples": [
         {"name": "monkey-snn", "source": "contdata95", "kind": "snn", "epochs": 60}]}}
@@ -186,7 +188,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         cluster = Cluster(settings.redis_url, settings.worker_timeout_s)
     manager = SessionManager(settings.data_dir, store, cluster=cluster,
-                             public_outputs=settings.public_outputs)
+                             public_outputs=settings.public_outputs,
+                             max_sessions=settings.max_sessions)
     models = ModelJobs(manager.models_dir, manager.run_dir, settings.data_dir,
                        manager.recordings_dir)
     token_path = ensure_admin_token(store, settings.data_dir) if settings.auth else None
@@ -425,11 +428,20 @@ def create_app(settings: Settings) -> FastAPI:
     def train_model(body: TrainIn) -> dict[str, Any]:
         """Train a decoder in a separate process; poll GET /models/{name} for progress."""
         try:
-            return models.train(body.name, body.source, body.kind, body.epochs, body.seed)
+            return models.train(body.name, body.source, body.kind, body.epochs, body.seed,
+                                body.replace)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         except RuntimeError as exc:
             raise HTTPException(409, str(exc)) from None
+
+    @app.delete("/models/{name}/job", tags=["models"], dependencies=[require("control")])
+    def cancel_training(name: str) -> dict[str, Any]:
+        """Cancel a running training job."""
+        try:
+            return models.cancel(name)
+        except KeyError as exc:
+            raise HTTPException(404, f"{exc.args[0]}; GET /models lists the jobs") from None
 
     @app.delete("/models/{name}", status_code=204, tags=["models"],
                 dependencies=[require("control")])

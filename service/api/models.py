@@ -7,6 +7,7 @@ the API reports while the job runs.
 
 from __future__ import annotations
 
+import builtins
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,9 @@ from sources.datasets import DATASETS
 
 
 class ModelJobs:
-    def __init__(self, models_dir: Path, run_dir: Path, data_dir: Path, recordings_dir: Path):
+    def __init__(self, models_dir: Path, run_dir: Path, data_dir: Path, recordings_dir: Path,
+                 max_jobs: int = 2):
+        self.max_jobs = max_jobs  # each job takes a core for minutes: bounded
         self.store = ModelStore(models_dir)
         self.recordings_dir = recordings_dir
         self.run_dir = run_dir
@@ -58,13 +61,23 @@ class ModelJobs:
             return ""
         return text[-n:].replace("\r", "\n")
 
+    def running(self) -> builtins.list[str]:
+        return [n for n, p in self._jobs.items() if p.poll() is None]
+
     def train(self, name: str, source: str, kind: str, epochs: int | None,
-              seed: int) -> dict[str, Any]:
+              seed: int, replace: bool = False) -> dict[str, Any]:
         """``source``: a shared dataset name, or the name of a recording in the store.
 
         Only those two: a REST caller must not make the server read arbitrary files.
+        A stored model is replaced only when asked (``replace``).
         """
         self.store._path(name)  # validates the name (ValueError)
+        if not replace and (self.store.root / f"{name}.json").exists():
+            raise RuntimeError(f"model {name!r} exists; pass replace=true to train over it, "
+                               "or pick another name")
+        if len(self.running()) >= self.max_jobs:
+            raise RuntimeError(f"{self.max_jobs} training jobs are running ({self.running()}); "
+                               "wait for one, or cancel one: DELETE /models/NAME/job")
         if source not in DATASETS:
             try:
                 source = str(resolve_recording(self.recordings_dir, source))
@@ -77,11 +90,26 @@ class ModelJobs:
                kind, "--seed", str(seed), "--data-dir", str(self.data_dir)]
         if epochs:
             cmd += ["--epochs", str(epochs)]
+        if replace:
+            cmd += ["--replace"]
         with open(self._log(name), "wb") as log:
             self._jobs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                                 start_new_session=True,
                                                 cwd=Path(__file__).resolve().parents[2])
         return self.job(name)
+
+    def cancel(self, name: str) -> dict[str, Any]:
+        """Stop a running training job (the store keeps whatever model it had)."""
+        proc = self._jobs.get(name)
+        if proc is None or proc.poll() is not None:
+            raise KeyError(f"no training job {name!r} is running")
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return self.job(name) | {"state": "cancelled"}
 
     def delete(self, name: str) -> None:
         self.store.meta(name)  # KeyError if absent

@@ -12,6 +12,7 @@ so a frame read from Redis is decoded by the same code as one read from a socket
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 PREFIX = "spikeloop"
@@ -42,10 +43,15 @@ def redact(url: str) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host``: for every message and
     status that shows a URL (they reach logs and API readers)."""
     scheme, sep, rest = url.partition("://")
+    rest = _QUERY_SECRET.sub(r"\1***", rest)  # ?password=... (redis-py reads it too)
     cred, at, host = rest.rpartition("@")
     if not at or ":" not in cred:
-        return url
+        return f"{scheme}{sep}{rest}"
     return f"{scheme}{sep}{cred.split(':', 1)[0]}:***@{host}"
+
+
+#: a password given as a query parameter of a Redis URL
+_QUERY_SECRET = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
 class Keys:

@@ -441,6 +441,13 @@ class SessionCore:
         self._clock_jumps_seen = self.binner.clock_jumps
         self.truth, self.truth_t_ns = None, -1
         self.epoch_segments += 1
+        if self.state is SessionState.CALIBRATING and not self._cal_handed and \
+                self._cal_counts:
+            # A new source (or a stranger on the old endpoint): never fit one decoder on
+            # two sources' data. Calibration starts over, counted and visible.
+            self._cal_counts.clear()
+            self._cal_truth.clear()
+            self.counters["calibration_restarts"] += 1
         log.warning("new source segment at bin %d: %s", self.next_index, reason)
         # Not a recorded control: verify meets the same frames and does the same.
         self.sink.event({"segment": self.epoch_segments, "epoch": epoch, "reason": reason,
@@ -578,7 +585,8 @@ class SessionCore:
 
     def calibration_status(self) -> dict[str, Any]:
         return {"bins": len(self._cal_counts), "needed": self.calibration_needed,
-                "behavior_frames": self.counters["behavior_frames"]}
+                "behavior_frames": self.counters["behavior_frames"],
+                "restarts": self.counters["calibration_restarts"]}
 
 
 __all__ = ["BinResult", "Control", "ControlOp", "CoreSink", "OnBin", "SessionCore", "SessionState",

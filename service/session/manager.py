@@ -75,11 +75,12 @@ def _alive(pid: int | None) -> bool:
 class SessionManager:
     def __init__(self, data_dir: Path, store: Store, start_timeout_s: float = 60.0,
                  min_free_bytes: int = 200 * 1024**2, exit_with_parent: bool = False,
-                 cluster: Any = None, public_outputs: bool = False):
+                 cluster: Any = None, public_outputs: bool = False, max_sessions: int = 16):
         self.data_dir = data_dir
         # An operator's decision (serve --public-outputs), never a request field: whether
         # a session may bind its output beyond the loopback interface.
         self.public_outputs = public_outputs
+        self.max_sessions = max_sessions  # session processes on this host at once
         self.run_dir = data_dir / "run"
         self.models_dir = data_dir / "models"
         self.recordings_dir = data_dir / "recordings"
@@ -282,6 +283,11 @@ class SessionManager:
                                "URL); remove placement to run it here")
         from service.recording.storage import check_free
 
+        running = sum(1 for r in self.store.list_sessions()
+                      if r["state"] in (*ACTIVE, "starting") and _worker_of(r) is None)
+        if running >= self.max_sessions:
+            raise NoRoom(f"{running} sessions run on this host, the most it takes "
+                         f"(serve --max-sessions); stop one first")
         check_free(self.recordings_dir, self.min_free_bytes)
         cfg = SessionConfig.model_validate(row["config"])
         sdir = self.session_dir(sid)
@@ -405,6 +411,8 @@ class SessionManager:
 
             for r in read_log(recording, {RecordType.CONFIG}):
                 base = recorded_config(r.value).model_dump()
+                # Recordings carry no Redis password (and a replay runs here): no Redis.
+                base.pop("redis", None)
                 break
         cfg = _merge(base, overrides or {})
         port = _free_port()
