@@ -268,3 +268,28 @@ def test_control_plane_restart_reattaches_to_sessions_on_workers(cluster):
             assert c2.stop(sid)["state"] == "stopped"
         finally:
             stop_server(srv2)
+
+
+def test_worker_hosted_session_stimulates_again_after_its_source_restarts(cluster):
+    """The lifecycle matrix's worker path: the same session core runs under a worker, so a
+    source restart (new publisher, new epoch, clock from zero) goes safe, then resumes."""
+    from tests.helpers import free_port
+
+    srv, c, workers, redis_srv = cluster
+    port = free_port()
+    cfg = _config(f"tcp://127.0.0.1:{port}", "restart-on-worker")
+    cfg["stim"]["policy"]["gain_ma_per_cm_s"] = 0.2
+    with SimThread(units=32, seed=11, port=port):
+        sid = c.start(c.create_session(cfg)["id"])["id"]
+        wait_for(lambda: _running(c, sid, 5), 60, "the session to run on a worker")
+        c.arm(sid)
+        on = lambda: (c.session(sid)["live"]["counters"].get("stim_sent", 0)  # noqa: E731
+                      + c.session(sid)["live"]["counters"].get("stim_clamped", 0))
+        wait_for(lambda: on() > 0, 30, "stimulation before the restart")
+    before = on()
+    with SimThread(units=32, seed=12, port=port):
+        wait_for(lambda: c.session(sid)["live"]["source_restarts"] == 1, 30, "the restart")
+        wait_for(lambda: on() > before + 20, 30, "stimulation after the restart")
+        live = c.session(sid)["live"]
+        assert live["armed"] and live["state"] == "running" and live["segments"] == 2
+    assert c.stop(sid)["state"] == "stopped"

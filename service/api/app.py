@@ -286,6 +286,20 @@ def create_app(settings: Settings) -> FastAPI:
     async def _conflict(request: Request, exc: SessionError):
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
+    if settings.redis_url:
+        import redis
+
+        @app.exception_handler(redis.RedisError)
+        async def _redis_down(request: Request, exc: redis.RedisError):
+            """Redis between the control plane and its workers failed: a one-line reason,
+            503 (unreachable) or 504 (timed out), never a 500 with a traceback."""
+            timeout = isinstance(exc, redis.TimeoutError)
+            what = "timed out" if timeout else "is unreachable"
+            return JSONResponse(
+                {"detail": f"Redis at {redact(settings.redis_url or '')} {what} "
+                           f"({type(exc).__name__}: {exc}); the workers' sessions run on, "
+                           "retry when Redis is back"}, status_code=504 if timeout else 503)
+
     @app.exception_handler(SessionUnreachable)
     async def _unreachable(request: Request, exc: SessionUnreachable):
         return JSONResponse({"detail": str(exc)}, status_code=504)
