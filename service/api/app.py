@@ -200,13 +200,24 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         app.state.reattach = await asyncio.to_thread(manager.reattach)
         watch = asyncio.create_task(_watch_workers()) if cluster is not None else None
+        sync = asyncio.create_task(_reconcile())
         yield
+        sync.cancel()
         if watch is not None:
             watch.cancel()
         if settings.stop_sessions_on_shutdown:
             await asyncio.to_thread(manager.stop_all)
         await asyncio.to_thread(models.stop_all)
         store.close()
+
+    async def _reconcile() -> None:
+        """Keep the store in step with the session processes (GETs only read)."""
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                await asyncio.to_thread(manager.reconcile)
+            except Exception as exc:  # keep reconciling; say what failed
+                log.warning("reconcile failed: %s", exc)
 
     async def _watch_workers() -> None:
         """Fail over lost workers' sessions, twice per heartbeat timeout."""

@@ -93,6 +93,7 @@ class Worker:
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
             try:
+                self.manager.reconcile()  # the store says which sessions still run
                 self._beat()
                 if self.fenced:
                     log.info("Redis reachable again; taking new sessions")

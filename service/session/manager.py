@@ -113,17 +113,21 @@ class SessionManager:
         return [self.get(r["id"]) for r in self.store.list_sessions()]
 
     def get(self, sid: str) -> dict[str, Any]:
-        """The stored record, refreshed from the live process when there is one."""
+        """The stored record with the live process's word on its state. Reads only: the
+        store is brought up to date by :meth:`reconcile`, never by a GET."""
         row = self._row(sid)
         live = None
+        ended = None
         if row["state"] in ACTIVE:
-            live = self._live_status(row)
+            live = self._live_status(row, write=False)
             if live is None:
-                row = self._row(sid)
+                ended = self._ended_state(sid)
         out = {k: row[k] for k in ("id", "name", "state", "error", "pid", "created_at",
                                    "updated_at", "config", "recording")}
         if live is not None and "error" in live:  # the process's word, not the row read before
             out["state"], out["error"] = live["state"], live["error"]
+        elif ended is not None:
+            out["state"], out["error"] = ended["state"], ended["error"]
         if (out["config"].get("redis") or {}).get("url"):  # never show a Redis password
             out["config"] = _merge(out["config"], {"redis": {
                 "url": redact(out["config"]["redis"]["url"])}})
@@ -144,33 +148,46 @@ class SessionManager:
         self.store.update_session(sid, config=cfg.model_dump())
         return limits
 
-    def _live_status(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    def reconcile(self) -> None:
+        """Bring the store up to date with every active session's process (the control
+        plane calls this every second; a worker with each heartbeat)."""
+        for row in self.store.list_sessions():
+            if row["state"] in ACTIVE:
+                try:
+                    self._live_status(row, write=True)
+                except (SessionError, RuntimeError) as exc:
+                    log.warning("reconcile %s: %s", row["id"], exc)
+
+    def _live_status(self, row: dict[str, Any], write: bool = True) -> dict[str, Any] | None:
         sid = row["id"]
         if _worker_of(row) is not None:
-            return self._remote_status(row)
+            return self._remote_status(row, write)
         try:
             st = call(row["control"], {"cmd": "status"}, timeout_ms=1000)["status"]
         except SessionUnreachable:
             if _alive(row["pid"]):
                 return {"state": row["state"], "unresponsive": True}
-            self._mark_ended(sid)
+            if write:
+                self._mark_ended(sid)
             return None
-        if st["state"] != row["state"] or st["error"] != row["error"]:
+        if write and (st["state"] != row["state"] or st["error"] != row["error"]):
             self.store.update_session(sid, state=st["state"], error=st["error"])
         return st
 
-    def _mark_ended(self, sid: str) -> None:
-        """The process is gone: take its last words from the status file."""
+    def _ended_state(self, sid: str) -> dict[str, str]:
+        """How a session whose process is gone ended: its last words (the status file)."""
         st = self._status_file(sid)
+        if st and st.get("state") in ("stopped", "failed"):
+            return {"state": st["state"], "error": st.get("error", "")}
+        return {"state": "failed", "error": "session process ended unexpectedly; see "
+                                            f"{self.run_dir / (sid + '.log')}"}
+
+    def _mark_ended(self, sid: str) -> None:
+        """The process is gone: store how it ended."""
         proc = self._procs.pop(sid, None)
         if proc is not None:
             proc.poll()
-        if st and st.get("state") in ("stopped", "failed"):
-            self.store.update_session(sid, state=st["state"], error=st.get("error", ""), pid=None)
-        else:
-            self.store.update_session(sid, state="failed", pid=None,
-                                      error="session process ended unexpectedly; see "
-                                            f"{self.run_dir / (sid + '.log')}")
+        self.store.update_session(sid, **self._ended_state(sid), pid=None)
 
     def _status_file(self, sid: str) -> dict[str, Any] | None:
         p = self.run_dir / f"{sid}.status.json"
@@ -520,7 +537,7 @@ class SessionManager:
                                   recording=out.get("recording"))
         return self.get(sid)
 
-    def _remote_status(self, row: dict[str, Any]) -> dict[str, Any] | None:
+    def _remote_status(self, row: dict[str, Any], write: bool = True) -> dict[str, Any] | None:
         sid, wid = row["id"], _worker_of(row)
         assert wid is not None
         try:
@@ -529,17 +546,22 @@ class SessionManager:
             lost = self.cluster is None or not self.cluster.alive(wid)
             return {"state": row["state"], "unresponsive": True, "worker_lost": lost}
         except SessionError as exc:  # the worker does not know it (restarted worker)
-            self._placed.pop(sid, None)
-            self.store.update_session(sid, state="failed", error=str(exc))
-            return None
-        changed = {k: out[k] for k in ("state", "error", "recording") if out[k] != row[k]}
-        if out["output_endpoint"] != row["output"]:
-            changed["output"] = out["output_endpoint"]
-        if changed:
-            self.store.update_session(sid, **changed)
-        if out["state"] not in ACTIVE:
-            self._placed.pop(sid, None)
-        return out["live"]
+            if write:
+                self._placed.pop(sid, None)
+                self.store.update_session(sid, state="failed", error=str(exc))
+            return {"state": "failed", "error": str(exc)}
+        if write:
+            changed = {k: out[k] for k in ("state", "error", "recording") if out[k] != row[k]}
+            if out["output_endpoint"] != row["output"]:
+                changed["output"] = out["output_endpoint"]
+            if changed:
+                self.store.update_session(sid, **changed)
+            if out["state"] not in ACTIVE:
+                self._placed.pop(sid, None)
+        live = out["live"]
+        if live is None:  # ended on the worker: its record says how
+            return {"state": out["state"], "error": out["error"]}
+        return live
 
     def _stop_remote(self, row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
         sid, wid = row["id"], _worker_of(row)
