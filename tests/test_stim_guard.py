@@ -134,7 +134,23 @@ class Checker:
         self.off_since: int | None = None
         self.periods: list[list[int]] = []
         self.temp = 0.0
-        self.t_temp = 0
+        self.t_temp: int | None = None
+        self.src: int | None = None  # last source time
+        self.g: int | None = None  # the checker's clock (docs: "Time")
+
+    def clock(self, t: int) -> int:
+        """The documented clock: a step back, or forward by more than
+        ``max_clock_jump_ms``, is a discontinuity and counts as no time at all."""
+        if self.src is None:
+            self.g = t
+        else:
+            d = t - self.src
+            if 0 <= d <= self.lim.max_clock_jump_ms * MS:
+                self.g += d
+        self.src = t
+        if self.t_temp is None:
+            self.t_temp = self.g
+        return self.g
 
     # stimulator model
     def _p_avg(self) -> float:
@@ -144,7 +160,7 @@ class Checker:
         return c.power_mw * min(1.0, c.pulse_width_ms * c.frequency_hz / 1000)
 
     def _heat(self, t: int) -> None:
-        if t <= self.t_temp:
+        if self.t_temp is None or t <= self.t_temp:
             return
         lim = self.lim
         steady = lim.heat_c_per_mw * self._p_avg()
@@ -276,7 +292,7 @@ def run_sequence(lim: SafetyLimits, modality: str, ops) -> SafetyGuard:
         else:
             out = guard.safe_state(t, "test")
         assert isinstance(out, Outcome)
-        chk.call(t, out)
+        chk.call(chk.clock(t), out)
     return guard
 
 
