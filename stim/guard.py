@@ -97,7 +97,8 @@ class SafetyGuard:
         self._request_end: int | None = None  # end of a requested light train (guard clock)
         self._current_end: int | None = None  # when the stimulator stops the present train
         self._safe = False
-        self._safe_at: int | None = None  # guard time of the last safe-state / disarm entry
+        # (source, guard) time of the last safe-state / disarm entry
+        self._safe_at: tuple[int, int] | None = None
         # clocks: guard time = source time + offset; moves forward only
         self._src_last: int | None = None
         self._offset = 0
@@ -177,11 +178,11 @@ class SafetyGuard:
         reasons = ["disarmed"]
         t_src = self._src_last if self._src_last is not None else 0
         try:
-            t_src, g, jump = self._time(t_ns, reasons)
+            t_src, g, _ = self._time(t_ns, reasons, detect=False)
             self._advance(g)
             self._set_current(self.off_command(), None, g)
             self._t_last = g
-            self._safe_at = g
+            self._safe_at = (t_src, g)
         except Exception as exc:  # noqa: BLE001 - disarm must always leave the stimulator off
             reasons.append(f"guard error: {type(exc).__name__}: {exc}")
             self.current = self.off_command()
@@ -197,7 +198,7 @@ class SafetyGuard:
         reasons = [str(reason)]
         t_src = self._src_last if self._src_last is not None else 0
         try:
-            t_src, g, _ = self._time(t_ns, reasons)
+            t_src, g, _ = self._time(t_ns, reasons, detect=False)
             return self._enter_safe(t_src, g, reasons)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
@@ -227,10 +228,15 @@ class SafetyGuard:
             self.current = self.off_command()
 
     # ------------------------------------------------------------------ clocks
-    def _time(self, t_ns: object, reasons: list[str]) -> tuple[int, int, bool]:
+    def _time(self, t_ns: object, reasons: list[str],
+              detect: bool = True) -> tuple[int, int, bool]:
         """(source time, guard time, discontinuity?) for a source time ``t_ns``.
 
         An invalid time (NaN, not a number) is a discontinuity at the last known time.
+        Out-of-band calls (``safe_state``, ``disarm``: ``detect=False``) go safe anyway;
+        a time of theirs that would be a discontinuity is taken as the last time and
+        does not move the baseline (a runtime may call them with a nominal time, e.g.
+        0 before the first frame, that a replay does not repeat).
         """
         t = _as_time(t_ns)
         if t is None:
@@ -240,19 +246,33 @@ class SafetyGuard:
             self._start(g)
             return t_src, g, True
         if self._src_last is None:
-            self._src_last, self._offset = t, 0
-            self._start(t)
-            return t, t, False
+            if not detect:  # does not anchor the source clock
+                g = t if self._t_last is None else max(t, self._t_last)
+                self._start(g)
+                return t, g, False
+            self._offset = 0 if self._t_last is None or t >= self._t_last else self._t_last - t
+            self._src_last = t
+            self._start(t + self._offset)
+            return t, t + self._offset, False
         d = t - self._src_last
         jump = d < 0 or d > self._lim.max_clock_jump_ms * MS
+        if jump and not detect:
+            return t, (self._t_last if self._t_last is not None else t + self._offset), False
         if jump:
+            g_last = self._t_last if self._t_last is not None else t
+            self._offset = g_last - t  # the guard clock continues as if no time passed
+            self._src_last = t
+            if not self.armed:
+                # nothing is on: re-baseline silently, so the outcomes of a disarmed guard
+                # do not depend on out-of-band calls (e.g. a stop before the first frame)
+                # that a replay does not repeat
+                log.debug("guard (disarmed): source clock re-baselined by %d ns", d)
+                return t, t + self._offset, False
             self.discontinuities += 1
             what = "went backwards" if d < 0 else "leapt forward"
             reasons.append(f"source clock {what} by {abs(d) / MS:.6g} ms: safe state, "
                            "re-baselined (no time credited)")
             log.warning("guard: source clock %s by %.6g ms; safe state", what, abs(d) / MS)
-            g_last = self._t_last if self._t_last is not None else t
-            self._offset = g_last - t  # the guard clock continues as if no time passed
         self._src_last = t
         return t, t + self._offset, jump
 
@@ -280,11 +300,12 @@ class SafetyGuard:
             self._t_last = g
             # a disarm at this very time: its off command is repeated so a caller that
             # keeps only the last outcome of the bin still sends it
-            cmd = self.current if self._safe_at == g else None
+            cmd = self.current if self._safe_at == (t_src, g) else None
             status: Status = "refused" if request is not None else (
                 "hold" if cmd is None else "safe")
             return Outcome(status, t_src, shown, cmd, reasons + ["disarmed"])
-        if request is not None and refusal is None and self._safe and self._safe_at == g:
+        if (request is not None and refusal is None and self._safe
+                and self._safe_at == (t_src, g)):
             refusal = "safe state entered at this time: a request from a later time leaves it"
         if request is not None and refusal is None:
             self._request = req
@@ -299,7 +320,7 @@ class SafetyGuard:
             out.status, out.command = "clamped", self.current  # asked for on, held off: say so
         if refusal:
             out.status = "refused"
-            if self._safe_at == g and out.command is None:
+            if self._safe_at == (t_src, g) and out.command is None:
                 out.command = self.current  # see above: the safe command of this bin
         return out
 
@@ -310,7 +331,7 @@ class SafetyGuard:
             self._t_last = g
             return Outcome("safe", t_src, None, self.current, reasons + ["disarmed"])
         self._safe = True
-        self._safe_at = g
+        self._safe_at = (t_src, g)
         self._request, self._request_end = None, None
         out = self._evaluate(t_src, g, None, reasons)
         out.status = "safe"
