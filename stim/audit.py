@@ -9,8 +9,11 @@ does the writing and fsync every ``flush_interval_s`` (0.2 s), and at once
 (woken, not waited for) after safety-relevant lines (``safe``/``refused``
 outcomes, control events). A crash loses at most the lines of the last
 interval. Identical consecutive outcomes (e.g. "refused: disarmed" every bin)
-are written once, then as one ``{"repeated": n}`` line when they change.
-``hold`` outcomes (nothing new sent) are not logged unless ``log_holds=True``.
+are written once, then as one ``{"repeated": n}`` line (with the command, if
+one was sent) when they change. ``hold`` outcomes with nothing sent are not
+logged unless ``log_holds=True``. Values are serialised safely (numpy
+scalars, iterables, anything else as ``repr``): recording never raises. The
+caller appends to a deque that the writer drains, so no line is lost to a race.
 """
 
 from __future__ import annotations
