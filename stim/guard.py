@@ -40,6 +40,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
+from pydantic import ConfigDict
+
 from .commands import DBSCommand, OptoCommand, StimCommand
 from .limits import SafetyLimits
 
@@ -73,11 +75,17 @@ def light_avg_power_mw(cmd: OptoCommand) -> float:
     return cmd.power_mw * min(1.0, cmd.pulse_width_ms * cmd.frequency_hz / 1000.0)
 
 
-def checked_limits(limits: SafetyLimits | Mapping[str, Any]) -> SafetyLimits:
-    """A private, re-validated copy: limits built with ``model_copy(update=...)`` or
-    changed by attribute assignment bypass pydantic validation."""
+class FrozenLimits(SafetyLimits):
+    """The guard's own copy of its limits: validated, and immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def checked_limits(limits: SafetyLimits | Mapping[str, Any]) -> FrozenLimits:
+    """A private, re-validated, frozen copy: limits built with ``model_copy(update=...)``
+    or changed by attribute assignment bypass pydantic validation."""
     data = limits.model_dump() if isinstance(limits, SafetyLimits) else dict(limits)
-    return SafetyLimits.model_validate(data)
+    return FrozenLimits.model_validate(data)
 
 
 class SafetyGuard:
@@ -114,8 +122,8 @@ class SafetyGuard:
     # ------------------------------------------------------------------ state
     @property
     def limits(self) -> SafetyLimits:
-        """A copy of the limits in force (changing it does not change the guard)."""
-        return self._lim.model_copy()
+        """The limits in force: the guard's own frozen copy (assignment raises)."""
+        return self._lim
 
     @limits.setter
     def limits(self, limits: SafetyLimits) -> None:

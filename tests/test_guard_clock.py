@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from pydantic import ValidationError
 
 from stim.audit import outcome_to_dict
 from stim.commands import DBSCommand, OptoCommand
@@ -55,8 +57,10 @@ def test_invalid_limits_are_refused_and_the_old_ones_stay():
     out = g.set_limits(bad)
     assert out is not None and out.status == "refused"
     assert g.limits.max_amplitude_ma == 3.5
-    g.limits.max_amplitude_ma = 20.0  # a copy: the guard is not changed through it
+    with pytest.raises(ValidationError):  # the guard's own copy is frozen
+        g.limits.max_amplitude_ma = 20.0
     assert g.limits.max_amplitude_ma == 3.5
+    assert SafetyLimits(**g.limits.model_dump()) == SafetyLimits()
 
 
 def test_limit_change_keeps_duty_thermal_and_off_history():
