@@ -101,6 +101,10 @@ def ops_st(modality: str):
         st.tuples(st.just("disarm"), dt_st, st.none()),
         st.tuples(st.just("safe"), dt_st, st.none()),
         st.tuples(st.just("limits"), st.just(0), limits_st()),
+        # source restarts and leaps: discontinuities of the source clock
+        st.tuples(st.just("request"), st.integers(-5 * S, -1), req),
+        st.tuples(st.just("none"), st.integers(-5 * S, -1), st.none()),
+        st.tuples(st.just("none"), st.sampled_from([2 * S, 3600 * S]), st.none()),
     )
     arm_first = st.sampled_from([[("arm", 0, None)]] * 9 + [[]])
     return st.tuples(arm_first, st.lists(op, max_size=40)).map(lambda p: p[0] + p[1])
