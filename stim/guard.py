@@ -255,10 +255,11 @@ class SafetyGuard:
             return t_src, g, True
         if self._src_last is None:
             if not detect:  # does not anchor the source clock
-                g = t if self._t_last is None else max(t, self._t_last)
+                g = t if self._t_last is None else self._t_last
                 self._start(g)
                 return t, g, False
-            self._offset = 0 if self._t_last is None or t >= self._t_last else self._t_last - t
+            # the first process() anchors; after out-of-band calls, no time is credited
+            self._offset = 0 if self._t_last is None else self._t_last - t
             self._src_last = t
             self._start(t + self._offset)
             return t, t + self._offset, False

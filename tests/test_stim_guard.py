@@ -142,16 +142,22 @@ class Checker:
         self.src: int | None = None  # last source time
         self.g: int | None = None  # the checker's clock (docs: "Time")
 
-    def clock(self, t: int) -> int:
+    def clock(self, t: int, out_of_band: bool = False) -> int:
         """The documented clock: a step back, or forward by more than
-        ``max_clock_jump_ms``, is a discontinuity and counts as no time at all."""
+        ``max_clock_jump_ms``, is a discontinuity and counts as no time at all;
+        ``safe_state``/``disarm`` never set or move the baseline with such a time."""
         if self.src is None:
-            self.g = t
+            if self.g is None:
+                self.g = t
+            if not out_of_band:
+                self.src = t
         else:
             d = t - self.src
             if 0 <= d <= self.lim.max_clock_jump_ms * MS:
                 self.g += d
-        self.src = t
+                self.src = t
+            elif not out_of_band:
+                self.src = t
         if self.t_temp is None:
             self.t_temp = self.g
         return self.g
@@ -296,7 +302,7 @@ def run_sequence(lim: SafetyLimits, modality: str, ops) -> SafetyGuard:
         else:
             out = guard.safe_state(t, "test")
         assert isinstance(out, Outcome)
-        chk.call(chk.clock(t), out)
+        chk.call(chk.clock(t, out_of_band=kind in ("disarm", "safe")), out)
     return guard
 
 
