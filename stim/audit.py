@@ -9,15 +9,21 @@ does the writing and fsync every ``flush_interval_s`` (0.2 s), and at once
 (woken, not waited for) after safety-relevant lines (``safe``/``refused``
 outcomes, control events). A crash loses at most the lines of the last
 interval. Identical consecutive outcomes (e.g. "refused: disarmed" every bin)
-are written once, then as one ``{"repeated": n}`` line when they change.
-``hold`` outcomes (nothing new sent) are not logged unless ``log_holds=True``.
+are written once, then as one ``{"repeated": n}`` line (with the command, if
+one was sent) when they change. ``hold`` outcomes with nothing sent are not
+logged unless ``log_holds=True``. Values are serialised safely (numpy
+scalars, iterables, anything else as ``repr``): recording never raises. The
+caller appends to a deque that the writer drains, so no line is lost to a race.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +33,52 @@ from .guard import Outcome
 URGENT = ("safe", "refused")
 
 
+def _plain(v: Any) -> Any:
+    """A JSON-safe value: numpy scalars become Python numbers, iterables lists.
+
+    Never raises: anything else is written as its ``repr``. (An iterator is read
+    here; the guard has already replaced iterators in what it returns by lists.)
+    """
+    if v is None or isinstance(v, bool | int | str):
+        return v
+    if isinstance(v, float):
+        return v
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        return f if math.isfinite(f) else repr(f)
+    if getattr(v, "ndim", None) == 0 and callable(getattr(v, "item", None)):
+        try:  # numpy 0-d array
+            return _plain(v.item())
+        except Exception:  # noqa: BLE001
+            return repr(v)
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple | set | frozenset | range) or hasattr(v, "__iter__"):
+        try:
+            return [_plain(x) for x in v]
+        except Exception:  # noqa: BLE001
+            return repr(v)
+    return repr(v)
+
+
+def _command(cmd: Any) -> dict[str, Any] | None:
+    if cmd is None:
+        return None
+    try:
+        return {k: _plain(v) for k, v in command_to_dict(cmd).items()}
+    except Exception:  # noqa: BLE001 - not a command object: still record something
+        return {"repr": repr(cmd)}
+
+
 def outcome_to_dict(out: Outcome) -> dict[str, Any]:
     return {
-        "t_ns": int(out.t_ns),
-        "status": out.status,
-        "request": None if out.request is None else command_to_dict(out.request),
-        "command": None if out.command is None else command_to_dict(out.command),
-        "reasons": list(out.reasons),
+        "t_ns": _plain(out.t_ns),
+        "status": str(out.status),
+        "request": _command(out.request),
+        "command": _command(out.command),
+        "reasons": [str(r) for r in out.reasons],
     }
 
 
@@ -45,7 +90,7 @@ class AuditLog:
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
         self.fsync = fsync
         self.log_holds = log_holds
-        self._buf: list[str] = []
+        self._buf: deque[str] = deque()  # appended by the caller, drained by the writer
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
@@ -59,31 +104,36 @@ class AuditLog:
         self._thread.start()
 
     def record(self, out: Outcome) -> None:
-        if out.status == "hold" and not self.log_holds:
+        if out.status == "hold" and out.command is None and not self.log_holds:
             return
         d = outcome_to_dict(out)
-        key = (d["status"], json.dumps(d["command"]), tuple(d["reasons"]))
+        cmd = json.dumps(d["command"], default=repr)
+        key = (d["status"], cmd, tuple(d["reasons"]))
         if key == self._last_key:
             self._repeats += 1
             self._last_t_ns = d["t_ns"]
             return
         self._end_repeats()
         self._last_key, self._last_t_ns = key, d["t_ns"]
-        self._buf.append(json.dumps(d, default=float))
+        self._buf.append(json.dumps(d, default=repr))
         if out.status in URGENT:
             self._wake.set()
 
     def _end_repeats(self) -> None:
         if self._repeats:
-            self._buf.append(json.dumps({"t_ns": self._last_t_ns, "status": self._last_key[0],
-                                         "repeated": self._repeats}))
+            row = {"t_ns": self._last_t_ns, "status": self._last_key[0],
+                   "repeated": self._repeats}
+            if self._last_key[1] != "null":  # the same command sent again n times
+                row["command"] = json.loads(self._last_key[1])
+            self._buf.append(json.dumps(row, default=repr))
             self._repeats = 0
 
     def event(self, event: str, t_ns: int, **info: Any) -> None:
         """A control-plane event (arm, disarm, set_limits ...), written promptly."""
         self._end_repeats()
         self._last_key = None
-        self._buf.append(json.dumps({"t_ns": int(t_ns), "event": event, **info}, default=str))
+        self._buf.append(json.dumps({"t_ns": _plain(t_ns), "event": event,
+                                     **{k: _plain(v) for k, v in info.items()}}, default=repr))
         self._wake.set()
 
     def _run(self, interval: float) -> None:
@@ -94,7 +144,9 @@ class AuditLog:
 
     def flush(self) -> None:
         with self._lock:
-            lines, self._buf = self._buf, []
+            buf, lines = self._buf, []
+            while buf:  # popleft is atomic against the caller's append: nothing is lost
+                lines.append(buf.popleft())
             if not lines or self._f.closed:
                 return
             try:

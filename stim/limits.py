@@ -67,12 +67,20 @@ class SafetyLimits(BaseModel):
     thermal_horizon_s: float = Field(1.0, gt=0, le=600,
                                      description="Power is capped so T stays in budget this long")
 
-    # ---- watchdog
+    # ---- watchdog and clock
     watchdog_ms: float = Field(100.0, gt=0, le=60_000,
                                description="Safe state if no decoder update arrives within this")
+    max_clock_jump_ms: float = Field(1000.0, gt=0, le=3_600_000,
+                                     description="A source-clock step forward larger than this "
+                                                 "(or any step back) is a discontinuity: safe "
+                                                 "state and re-baseline")
 
     @model_validator(mode="after")
     def _ranges(self) -> SafetyLimits:
+        for name in type(self).model_fields:
+            v = getattr(self, name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ValueError(f"{name} must be finite")
         pairs = [("min_pulse_width_us", "max_pulse_width_us"),
                  ("min_frequency_hz", "max_frequency_hz"),
                  ("fallback_amplitude_ma", "max_amplitude_ma"),

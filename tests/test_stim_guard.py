@@ -101,6 +101,10 @@ def ops_st(modality: str):
         st.tuples(st.just("disarm"), dt_st, st.none()),
         st.tuples(st.just("safe"), dt_st, st.none()),
         st.tuples(st.just("limits"), st.just(0), limits_st()),
+        # source restarts and leaps: discontinuities of the source clock
+        st.tuples(st.just("request"), st.integers(-5 * S, -1), req),
+        st.tuples(st.just("none"), st.integers(-5 * S, -1), st.none()),
+        st.tuples(st.just("none"), st.sampled_from([2 * S, 3600 * S]), st.none()),
     )
     arm_first = st.sampled_from([[("arm", 0, None)]] * 9 + [[]])
     return st.tuples(arm_first, st.lists(op, max_size=40)).map(lambda p: p[0] + p[1])
@@ -134,7 +138,29 @@ class Checker:
         self.off_since: int | None = None
         self.periods: list[list[int]] = []
         self.temp = 0.0
-        self.t_temp = 0
+        self.t_temp: int | None = None
+        self.src: int | None = None  # last source time
+        self.g: int | None = None  # the checker's clock (docs: "Time")
+
+    def clock(self, t: int, out_of_band: bool = False) -> int:
+        """The documented clock: a step back, or forward by more than
+        ``max_clock_jump_ms``, is a discontinuity and counts as no time at all;
+        ``safe_state``/``disarm`` never set or move the baseline with such a time."""
+        if self.src is None:
+            if self.g is None:
+                self.g = t
+            if not out_of_band:
+                self.src = t
+        else:
+            d = t - self.src
+            if 0 <= d <= self.lim.max_clock_jump_ms * MS:
+                self.g += d
+                self.src = t
+            elif not out_of_band:
+                self.src = t
+        if self.t_temp is None:
+            self.t_temp = self.g
+        return self.g
 
     # stimulator model
     def _p_avg(self) -> float:
@@ -144,7 +170,7 @@ class Checker:
         return c.power_mw * min(1.0, c.pulse_width_ms * c.frequency_hz / 1000)
 
     def _heat(self, t: int) -> None:
-        if t <= self.t_temp:
+        if self.t_temp is None or t <= self.t_temp:
             return
         lim = self.lim
         steady = lim.heat_c_per_mw * self._p_avg()
@@ -276,7 +302,7 @@ def run_sequence(lim: SafetyLimits, modality: str, ops) -> SafetyGuard:
         else:
             out = guard.safe_state(t, "test")
         assert isinstance(out, Outcome)
-        chk.call(t, out)
+        chk.call(chk.clock(t, out_of_band=kind in ("disarm", "safe")), out)
     return guard
 
 
