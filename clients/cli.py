@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -13,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from service.wire.net import is_loopback
 
 app = typer.Typer(
     help="spikeloop: closed-loop BCI service. Start with `spikeloop run` (everything at once) "
@@ -50,15 +51,6 @@ def _client(api: str, data_dir: Path, token: str | None):
     return ControlClient(api, _token(data_dir, token))
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 # ============================================================================ serve
 @app.command()
 def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)"),
@@ -83,7 +75,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
 
     from service.api.app import Settings, create_app
 
-    if no_auth and not _is_loopback(host):
+    if no_auth and not is_loopback(host):
         typer.echo(f"refusing to serve on {host} without authentication: drop --no-auth "
                    "or bind to 127.0.0.1", err=True)
         raise typer.Exit(2)

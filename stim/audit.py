@@ -121,6 +121,7 @@ class AuditLog:
 
     def _end_repeats(self) -> None:
         if self._repeats:
+            assert self._last_key is not None  # repeats follow a first line
             row = {"t_ns": self._last_t_ns, "status": self._last_key[0],
                    "repeated": self._repeats}
             if self._last_key[1] != "null":  # the same command sent again n times

@@ -362,8 +362,8 @@ class SafetyGuard:
                           f"but guard is {self.modality}")
         lim = self._lim
         if isinstance(r, DBSCommand):
-            values = (r.amplitude_ma, r.pulse_width_us, r.frequency_hz)
-            if not all(_finite(v) for v in values):
+            dbs_values = (r.amplitude_ma, r.pulse_width_us, r.frequency_hz)
+            if not all(_finite(v) for v in dbs_values):
                 return None, "non-finite parameter"
             contacts = _as_list(r.contacts)
             if not contacts or not all(_int_in(c, lim.n_contacts) for c in contacts):
@@ -423,6 +423,7 @@ class SafetyGuard:
             target = self.off_command()
         else:
             target = self._request
+        cmd: StimCommand
         if isinstance(target, DBSCommand):
             cmd, end = self._limit_dbs(target, g, gap, reasons)
         else:
@@ -441,6 +442,7 @@ class SafetyGuard:
             return True
         if isinstance(cmd, OptoCommand):
             cur = self.current
+            assert isinstance(cur, OptoCommand)  # is_on(cur): the guard's own modality
             return end == self._current_end and (
                 cmd.targets, cmd.wavelength_nm, cmd.power_mw, cmd.pulse_width_ms,
                 cmd.frequency_hz) == (cur.targets, cur.wavelength_nm, cur.power_mw,
@@ -628,8 +630,8 @@ def _as_time(t: object) -> int | None:
         return None
     if isinstance(t, numbers.Integral):
         return int(t)
-    if isinstance(t, numbers.Real) and math.isfinite(t):
-        return int(t)
+    if isinstance(t, numbers.Real) and math.isfinite(float(t)):
+        return int(float(t))
     return None
 
 

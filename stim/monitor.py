@@ -44,7 +44,7 @@ def _num(v: Any) -> bool:
 
 def _ids_ok(ids: Any, n: int) -> bool:
     return (isinstance(ids, list) and all(
-        isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= i < n
+        isinstance(i, numbers.Integral) and not isinstance(i, bool) and 0 <= int(i) < n
         for i in ids))
 
 
@@ -109,7 +109,7 @@ class PhysicalMonitor:
         if reason is None:
             self._apply(cmd, w)
             return cmd, None
-        if reason.startswith("slew"):
+        if reason.startswith("slew") and isinstance(cmd, DBSCommand):
             limited = self._slew_limited(cmd, w)
             self._apply(limited, w)
             return limited, self._count(reason)

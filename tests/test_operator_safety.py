@@ -6,6 +6,7 @@ and checks that it now gets a refusal or a bounded, safe outcome.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -122,22 +123,21 @@ def test_websockets_are_capped_and_cross_origin_refused_and_the_api_still_answer
     with SimThread(units=48, seed=8) as sim:
         sid = c.start(c.create_session(_cfg(sim.endpoint))["id"])["id"]
         url = server.url.replace("http://", "ws://") + f"/sessions/{sid}/stream"
-        opened, refused = [], 0
-        try:
+        opened, refused = 0, 0
+        with contextlib.ExitStack() as stack:
             for _ in range(70):
                 try:
-                    opened.append(connect(url, open_timeout=10))
+                    stack.enter_context(connect(url, open_timeout=10))
+                    opened += 1
                 except Exception:
                     refused += 1
-            assert len(opened) == 64 and refused == 6
-            with pytest.raises(Exception):  # noqa: B017 - refused, however it is said
-                connect(url, origin="http://evil.example", open_timeout=10).recv(timeout=5)
+            assert opened == 64 and refused == 6
+            with pytest.raises(Exception), \
+                    connect(url, origin="http://evil.example", open_timeout=10) as ws:  # noqa: B017
+                ws.recv(timeout=5)
             with _http(server, server.token) as h:
                 assert h.get("/healthz").status_code == 200
                 assert h.post(f"/sessions/{sid}/disarm").json()["armed"] is False
-        finally:
-            for ws in opened:
-                ws.close()
         c.stop(sid)
 
 

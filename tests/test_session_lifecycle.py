@@ -12,6 +12,7 @@ import re
 import sqlite3
 
 import numpy as np
+import pytest
 
 from clients.stream import StreamClient
 from decoders.base import build_decoder
@@ -41,7 +42,16 @@ def _stim_total(text: str, sid: str, status: str) -> float:
 
 def _on(msg: dict) -> bool:
     cmd = msg.get("cmd")
-    return msg["status"] in ("sent", "clamped") and cmd is not None and cmd["amplitude_ma"] > 0
+    return msg["status"] in ("sent", "clamped") and cmd is not None and \
+        (cmd.get("amplitude_ma") or cmd.get("power_mw") or 0) > 0
+
+
+#: an armed DBS session and an armed optogenetic one (light trains on decoded velocity)
+STIM = {"dbs": {"modality": "dbs",
+                "policy": {"type": "speed_to_dbs", "gain_ma_per_cm_s": 0.2}},
+        "opto": {"modality": "opto",
+                 "policy": {"type": "event_light", "index": 2, "threshold": 0.0,
+                            "train_ms": 100, "refractory_ms": 200, "power_mw": 2.0}}}
 
 
 def _wait_on(sc: StreamClient, what: str, timeout_s: float = 30) -> dict:
@@ -52,14 +62,16 @@ def _wait_on(sc: StreamClient, what: str, timeout_s: float = 30) -> dict:
     return wait_for(got, timeout_s, what, 0)
 
 
-def test_armed_session_stimulates_again_after_its_source_restarts(server):
-    """The source process is replaced (new epoch, clock from zero) under an armed session:
-    it goes safe at once, then stimulates again within 1 s of source time of the new
-    source's first frame; status and Prometheus say so; indices go forward; verify holds."""
+@pytest.mark.parametrize("modality", ["dbs", "opto"])
+def test_armed_session_stimulates_again_after_its_source_restarts(server, modality):
+    """The source process stops (the watchdog drives the stimulator safe), then a new one
+    starts (new epoch, clock from zero) under the armed session: safe at once, then
+    stimulation again within 1 s of source time of the new source's first frame; status
+    and Prometheus say so; indices go forward; verify holds. DBS and light alike."""
     c = server.client()
     port = free_port()
     with SimThread(units=48, seed=1, port=port) as sim:
-        s = c.start(c.create_session(_cfg(sim.endpoint))["id"])
+        s = c.start(c.create_session(_cfg(sim.endpoint, stim=STIM[modality]))["id"])
         sid = s["id"]
         wait_for(lambda: c.session(sid)["state"] == "running", 60, "calibration")
         c.arm(sid)
@@ -71,9 +83,15 @@ def test_armed_session_stimulates_again_after_its_source_restarts(server):
             live0 = c.session(sid)["live"]
         finally:
             sc.close()
-    # The source is gone (heartbeats go on, the watchdog drives stim safe); a new one starts.
+    # The source is gone: heartbeats go on, the watchdog drives the stimulator safe.
     sc = StreamClient(s["output_endpoint"], topics=(b"stim",))
     try:
+        stalled = wait_for(lambda: (lambda u: u.fields if u is not None and
+                                    u.kind == "stim.command" and "watchdog" in
+                                    " ".join(u.fields["reasons"]) else None)(
+                                        sc.recv(timeout_ms=200)),
+                           30, "the watchdog's safe command", 0)
+        assert stalled["status"] == "safe" and not _on(stalled)
         with SimThread(units=48, seed=2, port=port):
             safe = wait_for(lambda: (lambda u: u.fields if u is not None and
                                      u.kind == "stim.command" and "source restarted" in

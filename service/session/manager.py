@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import ipaddress
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from service.cluster.redis_streams import redact
 from service.session.config import SessionConfig
 from service.session.control import SessionUnreachable, call
 from service.session.store import Store
+from service.wire.net import is_loopback
 from stim.limits import SafetyLimits
 
 log = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ class SessionManager:
                 "could replace any file, or another session's socket); use \"ipc\" and the "
                 "server binds one in the session's own directory")
         host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-        if not self.public_outputs and not _is_loopback(host):
+        if not self.public_outputs and not is_loopback(host):
             raise InvalidConfig(
                 f"output.endpoint {endpoint!r} binds beyond loopback; that is the operator's "
                 "decision (spikeloop serve --public-outputs), not a request's: use "
@@ -652,12 +652,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

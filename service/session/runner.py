@@ -49,6 +49,7 @@ from stim.audit import AuditLog
 from stim.commands import command_to_dict
 from stim.guard import Outcome
 from stim.limits import SafetyLimits
+from stim.monitor import PhysicalMonitor
 from stim.watchdog import Watchdog
 
 now_ns = time.perf_counter_ns
@@ -75,7 +76,7 @@ class LiveSink(RecorderSink):
         t_done = now_ns()
         run.watchdog.feed(t_done)
         od = outcome_record(out)
-        run.publish_stim(od, out.t_ns, r.index, in_seq)
+        run.publish_stim(run.physical(od, out, r.index, t_done), out.t_ns, r.index, in_seq)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv_ns)
@@ -94,8 +95,10 @@ class LiveSink(RecorderSink):
             self.recorder.bin(r.index, r.start_ns, r.decoded, od)
 
     def outcome(self, out: Outcome, index: int) -> None:
-        self.r.publish_stim(outcome_record(out), out.t_ns, index, -1)
-        self.r.audit.record(out)
+        run = self.r
+        run.publish_stim(run.physical(outcome_record(out), out, index, now_ns()), out.t_ns,
+                         index, -1)
+        run.audit.record(out)
 
     def event(self, ev: dict[str, Any]) -> None:
         super().event(ev)
@@ -131,6 +134,10 @@ class SessionRunner:
         self.recording_path: Path | None = None
         # Every request and outcome, and every control event, in plain JSON lines.
         self.audit = AuditLog((audit_dir or run_dir) / f"{session_id}.audit.jsonl")
+        # The physical backstop: what is handed to the stimulator holds the limits in wall
+        # time too (a backlog of bins, a stall, a restarted source), whatever the guard's
+        # source-clock view; its interventions are published, recorded and audited.
+        self.monitor = PhysicalMonitor(config.stim.limits, config.stim.modality)
         self.sink = LiveSink(self)
         self.core = SessionCore(config, self.sink, now_ns, self._observe)
         # The loop's counters are the core's (frames, bins, stim statuses, ...).
@@ -305,6 +312,7 @@ class SessionRunner:
                 self._heartbeat()
                 next_heartbeat = t + heartbeat_ns
                 self._check_watchdog(t)
+                self._tick_monitor(t)
                 self._check_control_socket()
                 self._check_parent()
                 self._check_fit()
@@ -316,6 +324,42 @@ class SessionRunner:
                 if rec is not None and rec.error and self.state is SessionState.RUNNING:
                     self._fail(f"recording failed: {rec.error}")
         self._shutdown()
+
+    def physical(self, od: dict[str, Any], out: Outcome, index: int, wall_ns: int
+                 ) -> dict[str, Any]:
+        """``od`` as the stimulator must get it: a new command passes the physical monitor
+        (only a change: an unchanged command is held, and ``tick`` bounds it in time)."""
+        cmd = out.command
+        if cmd is None:
+            return od
+        admitted, why = self.monitor.admit(cmd, wall_ns)
+        if why is None:
+            return od
+        return self._intervened(admitted, why, index, out.t_ns)
+
+    def _intervened(self, cmd: Any, why: str, index: int, t_ns: int) -> dict[str, Any]:
+        """The monitor changed what is sent: say so on every channel, once."""
+        self.metrics.counters["monitor_interventions"] += 1
+        cmd_dict = command_to_dict(cmd)
+        reason = f"physical monitor (wall clock): {why}"
+        ev = {"monitor": why, "command": cmd_dict, "bin": index}
+        if self.recorder is not None and not self.recorder.error:
+            self.recorder.event(ev)  # not a control: verify checks the guard's decisions
+        self.audit.event("monitor", t_ns, reason=why, command=cmd_dict)
+        if self.metrics.counters["monitor_interventions"] <= 10:
+            log.warning("session %s: %s", self.id, reason)
+        return {"status": "safe" if cmd.is_off else "clamped", "command": cmd_dict,
+                "reasons": [reason]}
+
+    def _tick_monitor(self, wall_ns: int) -> None:
+        """Between commands: the command in force may cross a time bound (continuous-on,
+        duty, heat) with nothing new sent; the monitor then turns it off."""
+        cut = self.monitor.tick(wall_ns)
+        if cut is not None:
+            cmd, why = cut
+            index = self.core.next_index
+            self.publish_stim(self._intervened(cmd, why, index, self.core.session_ns()),
+                              self.core.session_ns(), index, -1)
 
     def publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
         self._out_seq += 1
@@ -465,6 +509,7 @@ class SessionRunner:
         if cmd == "limits":
             limits = SafetyLimits(**req["limits"])
             core.control(Control(ControlOp.LIMITS, by=by, limits=limits))
+            self.monitor.set_limits(limits)  # it keeps its history, as the guard does
             return {"ok": True, "limits": limits.model_dump()}
         if cmd == "adapt":
             core.control(Control(ControlOp.ADAPT, by=by, enabled=bool(req.get("enabled", True))))
