@@ -6,8 +6,10 @@ For each dataset (contdata95, mc_maze_small, peyrache_hd) every decoder is
 fitted on the first 80 % (contiguous; by trial for MC_Maze) and scored on the
 last 20 %, decoded bin by bin from a fresh state per segment. Step latency is
 timed on the test recording with one thread. The SNN's step latency is also
-measured at 1024 inputs (``snn_step_1024``). ``--quick`` trains the SNN for
-fewer epochs; its figures are what that budget gives.
+measured at 1024 inputs (``snn_step_1024``, and the GRU's as ``gru_step_1024``).
+The GRU and LSTM decoders get the SNN's hidden size and training settings
+(same epochs, batch, patience) per dataset. ``--quick`` trains the SNN and the
+GRU/LSTM for fewer epochs; its figures are what that budget gives.
 """
 
 from __future__ import annotations
@@ -15,19 +17,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# one BLAS thread, as for torch: the GRU/LSTM step is numpy mat-vecs, and a
+# second OpenBLAS thread on this shared 2-core machine only adds tail latency
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoders import build_decoder  # noqa: E402
 from decoders.metrics import cc_per_output, predict_segments, r2_per_output  # noqa: E402
 from decoders.ops import PJ_PER_AC, PJ_PER_MAC, count_ops, gru_equivalent  # noqa: E402
+from decoders.rnn import GRUDecoder  # noqa: E402
 from decoders.snn import SNNDecoder  # noqa: E402
 from sources.datasets import DATASETS, DataMissingError, load_dataset  # noqa: E402
 
@@ -89,13 +97,28 @@ def evaluate(name: str, kind: str, params: dict, quick: bool) -> dict:
         gru = gru_equivalent(dec.n_inputs, H, dec.n_outputs, te.counts)
         res |= {"epochs_run": len(dec.history), "snn_params": dec.params,
                 "ann_gru": gru, "energy_ratio_vs_gru": res["energy_pj"] / gru["energy_pj"]}
+    elif kind in ("gru", "lstm"):
+        res |= {"epochs_run": len(dec.history), "rnn_params": dec.params}
     return res
 
 
-def latency_1024(quick: bool) -> dict:
-    """SNN step latency with 1024 inputs (256 recurrent ALIF neurons, 1 ms bins)."""
+def compare_to_gru(res: dict) -> None:
+    """The DESIGN targets for every SNN variant: R² gap to the GRU, ≥ Wiener, energy ratio."""
+    if "gru" not in res:
+        return
+    g = res["gru"]
+    for label, r in res.items():
+        if label.startswith("snn"):
+            r["r2_gap_to_gru"] = g["r2_mean"] - r["r2_mean"]
+            r["energy_ratio_vs_gru_decoder"] = r["energy_pj"] / g["energy_pj"]
+            if "wiener" in res:
+                r["r2_minus_wiener"] = r["r2_mean"] - res["wiener"]["r2_mean"]
+
+
+def latency_1024(quick: bool, cls=SNNDecoder) -> dict:
+    """Step latency with 1024 inputs (256 hidden units, 1 ms bins), untrained weights."""
     torch.set_num_threads(1)
-    dec = SNNDecoder.untrained(1024, 4, bin_ms=1.0, hidden=256)
+    dec = cls.untrained(1024, 4, bin_ms=1.0, hidden=256)
     rng = np.random.default_rng(0)
     counts = rng.poisson(0.02, (5000, 1024)).astype(np.float64)  # ~20 Hz at 1 ms bins
     lat = time_steps(dec, counts, 20000 if quick else 100000, warmup=2000)
@@ -138,7 +161,7 @@ def main() -> None:
     for name in args.datasets:
         snn = SNN_PARAMS[name][0 if args.quick else 1]
         decs = {"kalman": ("kalman", {"lag": "auto"}), "wiener": ("wiener", {}),
-                "snn": ("snn", snn)}
+                "snn": ("snn", snn), "gru": ("gru", snn), "lstm": ("lstm", snn)}
         if not args.quick:  # dendritic variant: reported, kept only if it helps
             decs["snn_dendritic"] = ("snn", snn | {"branches": 2})
         try:
@@ -146,13 +169,15 @@ def main() -> None:
             for label, (kind, params) in decs.items():
                 print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
                 results[name][label] = evaluate(name, kind, params, args.quick)
+            compare_to_gru(results[name])
         except DataMissingError as e:
             skipped[name] = str(e)
             results.pop(name, None)
             print(f"skip {name}: {e}", file=sys.stderr)
     lat = latency_1024(args.quick)
+    lat_gru = latency_1024(args.quick, GRUDecoder)
     out = {"quick": args.quick, "results": results, "skipped": skipped,
-           "snn_step_1024": lat,
+           "snn_step_1024": lat, "gru_step_1024": lat_gru,
            "energy_per_op_pj": {"ac": PJ_PER_AC, "mac": PJ_PER_MAC, "node": "45 nm"},
            "split": "first 80% train (last 10% of it for early stopping), last 20% test",
            "machine": {"cpu": platform.processor() or platform.machine(),
@@ -170,6 +195,11 @@ def main() -> None:
                   f"{r['step_p50_us']:7.1f} {r['step_p99_us']:7.1f} {r['params']:8d} "
                   f"{r['synops_ac']:9.0f} {r['synops_mac']:9.0f} {r['sparsity']:6.3f} "
                   f"{r['energy_pj'] / 1e3:8.2f}")
+        if "r2_gap_to_gru" in decs.get("snn", {}):
+            r = decs["snn"]
+            print(f"{name:14} snn vs gru: R2 gap {r['r2_gap_to_gru']:+.3f} (target <= 0.01), "
+                  f"vs wiener {r['r2_minus_wiener']:+.3f} (target >= 0), energy ratio "
+                  f"{r['energy_ratio_vs_gru_decoder']:.3f} (target <= 0.2)")
         if "snn" in decs:
             g = decs["snn"]["ann_gru"]
             print(f"{name:14} {'(GRU equiv.)':14} {'':30} {'':6} {'':6} {'':7} {'':7} "
@@ -180,6 +210,8 @@ def main() -> None:
           f"p99.9 {lat['p999_us']:.1f} us, max {lat['max_us']:.1f} us; same-length busy-wait "
           f"p99 {lat['floor_p99_us']:.1f} us, p99.9 {lat['floor_p999_us']:.1f} us "
           f"(scheduler floor at the time of the run)")
+    print(f"GRU step, 1024 inputs x {lat_gru['hidden']} units: p50 {lat_gru['p50_us']:.1f} us, "
+          f"p99 {lat_gru['p99_us']:.1f} us, p99.9 {lat_gru['p999_us']:.1f} us")
     print(f"energy per op: {PJ_PER_AC} pJ/AC, {PJ_PER_MAC} pJ/MAC (45 nm); "
           f"wall {out['wall_s']:.0f} s")
     if args.json:

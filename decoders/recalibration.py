@@ -72,3 +72,58 @@ class ReadoutRLS:
         kernel.w_s.numpy()[:] = self.W[:, :H]
         kernel.w_v.numpy()[:] = self.W[:, H:2 * H]
         kernel.b_out.numpy()[:] = self.W[:, -1]
+
+
+class LinearRLS:
+    """RLS for ``y ≈ W z`` when every row of ``W`` shares the regressor ``z``.
+
+    Used for the readouts of the GRU/LSTM decoders (z = [hidden state, 1]),
+    the Wiener filter (z = [standardised count history, 1]) and the Kalman
+    observation model (rows = channels, z = [standardised state, 1]). One
+    inverse-correlation matrix ``P`` (d x d) serves all rows, so an update
+    costs O(d² + K d). Everything runs in place on buffers allocated here;
+    the arithmetic is plain float64 numpy, so the same inputs give
+    bit-identical weights (recordings replay exactly).
+
+    ``lam`` is the forgetting factor (memory ~ 1 / (1 - lam) updates). With
+    ``lam < 1`` directions the data never excites (a silenced unit) would
+    make ``P`` grow without bound ("wind-up"); ``P`` is only divided by
+    ``lam`` while its trace stays below ``max_trace_factor`` times its
+    initial trace.
+    """
+
+    def __init__(self, W: np.ndarray, lam: float = 0.999, delta: float = 1.0,
+                 max_trace_factor: float = 100.0):
+        self.lam, self.delta = float(lam), float(delta)
+        self.W = np.array(W, dtype=np.float64, order="C")  # (K, d), updated in place
+        K, d = self.W.shape
+        self.P = np.eye(d) / self.delta
+        self.max_trace = max_trace_factor * d / self.delta
+        self._Pz = np.zeros(d)
+        self._gain = np.zeros(d)
+        self._err = np.zeros(K)
+        self._dW = np.zeros((K, d))
+        self._PP = np.zeros((d, d))
+        self.n_updates = 0
+
+    def update(self, z: np.ndarray, err: np.ndarray) -> None:
+        """One step: ``err = target - W z`` (K,) for regressor ``z`` (d,).
+
+        Non-finite errors (missing targets) leave their row unchanged.
+        """
+        np.copyto(self._err, err)
+        bad = ~np.isfinite(self._err)
+        if bad.all():
+            return
+        if bad.any():
+            self._err[bad] = 0.0
+        np.dot(self.P, z, out=self._Pz)
+        denom = self.lam + float(z @ self._Pz)
+        np.divide(self._Pz, denom, out=self._gain)
+        np.outer(self._err, self._gain, out=self._dW)
+        self.W += self._dW
+        np.outer(self._gain, self._Pz, out=self._PP)
+        self.P -= self._PP
+        if np.trace(self.P) < self.max_trace:  # anti-wind-up
+            self.P /= self.lam
+        self.n_updates += 1
