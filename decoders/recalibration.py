@@ -16,6 +16,7 @@ new linear readout of them can undo rotated tuning and silenced units.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 
 class ReadoutRLS:
@@ -100,10 +101,7 @@ class LinearRLS:
         self.P = np.eye(d) / self.delta
         self.max_trace = max_trace_factor * d / self.delta
         self._Pz = np.zeros(d)
-        self._gain = np.zeros(d)
         self._err = np.zeros(K)
-        self._dW = np.zeros((K, d))
-        self._PP = np.zeros((d, d))
         self.n_updates = 0
 
     def update(self, z: np.ndarray, err: np.ndarray) -> None:
@@ -117,13 +115,13 @@ class LinearRLS:
             return
         if bad.any():
             self._err[bad] = 0.0
-        np.dot(self.P, z, out=self._Pz)
-        denom = self.lam + float(z @ self._Pz)
-        np.divide(self._Pz, denom, out=self._gain)
-        np.outer(self._err, self._gain, out=self._dW)
-        self.W += self._dW
-        np.outer(self._gain, self._Pz, out=self._PP)
-        self.P -= self._PP
+        Pz = self._Pz
+        np.dot(self.P, z, out=Pz)
+        inv = 1.0 / (self.lam + float(z @ Pz))
+        # rank-1 updates in place (BLAS ger on the transposed, Fortran-ordered views):
+        # W += err (P z)ᵀ / denom;  P -= (P z)(P z)ᵀ / denom  (P is symmetric)
+        dger(inv, Pz, self._err, a=self.W.T, overwrite_a=1)
+        dger(-inv, Pz, Pz, a=self.P.T, overwrite_a=1)
         if np.trace(self.P) < self.max_trace:  # anti-wind-up
-            self.P /= self.lam
+            self.P *= 1.0 / self.lam
         self.n_updates += 1

@@ -328,6 +328,15 @@ class SNNDecoder(Decoder):
         self.adapter.enabled = enabled
         return self.adapter
 
+    def set_adaptation(self, enabled: bool) -> None:
+        """Service-facing switch: ``enable_adaptation(enabled)`` with its default RLS."""
+        if enabled or self.adapter is not None:
+            self.enable_adaptation(bool(enabled))
+
+    @property
+    def adapting(self) -> bool:
+        return self.adapter is not None and bool(self.adapter.enabled)
+
     def step(self, counts: np.ndarray) -> np.ndarray:
         y = self.kernel.step_(counts)
         if self.adapter is not None:

@@ -91,8 +91,8 @@ def test_snn_step_reuses_its_buffers(sim_data):
 def test_rnn_training_is_reproducible_and_learns(kind, sim_data):
     counts, truth = sim_data
     name, params = KINDS[kind]
-    a, b = (build_decoder(name, **(params | {"epochs": 15, "batch": 8})).fit(counts[:900], truth[:900])
-            for _ in range(2))
+    params = params | {"epochs": 15, "batch": 8}
+    a, b = (build_decoder(name, **params).fit(counts[:900], truth[:900]) for _ in range(2))
     for k, v in a.state_dict().items():
         np.testing.assert_array_equal(v, b.state_dict()[k])
     assert r2_per_output(truth[900:, 2:], a.predict(counts[900:])[:, 2:]).mean() > 0.3
