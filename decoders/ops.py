@@ -46,6 +46,8 @@ def count_ops(decoder: Decoder, counts: np.ndarray) -> dict[str, float]:
             ac += n_spk * (H - 1)
         ac += n_spk * K  # spike readout
         mac += H * K  # membrane readout is dense
+        if "w_a" in kp:
+            mac += H * K  # so is the readout of the adaptation traces
         sparsity = float(1.0 - s.mean())
     elif decoder.kind in ("gru", "lstm"):
         # input layer like the SNN's (a count of 1 is an AC); the recurrent and

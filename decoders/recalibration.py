@@ -25,11 +25,14 @@ class ReadoutRLS:
     def __init__(self, kernel, lam: float = 0.999, delta: float = 10.0, enabled: bool = True):
         self.lam, self.delta, self.enabled = float(lam), float(delta), enabled
         H, K = kernel.H, kernel.n_out
-        self.d = 2 * H + 1
+        self.trace = getattr(kernel, "w_a", None) is not None  # readout of a as well
+        self.d = (3 if self.trace else 2) * H + 1
         self.kappa = kernel.kappa.numpy().astype(np.float64)
-        # float64 master copy of [w_s | w_v | b_out]; written back to the kernel
-        self.W = np.concatenate([kernel.w_s.numpy(), kernel.w_v.numpy(),
-                                 kernel.b_out.numpy()[:, None]], 1).astype(np.float64)
+        # float64 master copy of [w_s | w_v (| w_a) | b_out]; written back to the kernel
+        parts = [kernel.w_s.numpy(), kernel.w_v.numpy()]
+        if self.trace:
+            parts.append(kernel.w_a.numpy())
+        self.W = np.concatenate(parts + [kernel.b_out.numpy()[:, None]], 1).astype(np.float64)
         self.P = np.stack([np.eye(self.d) / self.delta for _ in range(K)])
         self.z = np.zeros((K, self.d))  # eligibility traces, one per output
         self.f = np.zeros(self.d)
@@ -48,6 +51,8 @@ class ReadoutRLS:
         H = kernel.H
         self.f[:H] = kernel.s.numpy()
         self.f[H:2 * H] = kernel.v.numpy()
+        if self.trace:
+            self.f[2 * H:3 * H] = kernel.a.numpy()
         self.z *= self.kappa[:, None]
         self.z += (1.0 - self.kappa)[:, None] * self.f
 
@@ -72,6 +77,8 @@ class ReadoutRLS:
             y[k] += err * (1.0 - self.lam / denom)  # keep the output state consistent
         kernel.w_s.numpy()[:] = self.W[:, :H]
         kernel.w_v.numpy()[:] = self.W[:, H:2 * H]
+        if self.trace:
+            kernel.w_a.numpy()[:] = self.W[:, 2 * H:3 * H]
         kernel.b_out.numpy()[:] = self.W[:, -1]
 
 

@@ -16,6 +16,7 @@ KINDS = {
     "wiener": ("wiener", {"history": 4}),
     "snn": ("snn", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
     "snn_dendritic": ("snn", {"hidden": 16, "branches": 3, "epochs": 2, "window": 32}),
+    "snn_trace": ("snn", {"hidden": 24, "epochs": 2, "window": 32, "readout_trace": True}),
     "gru": ("gru", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
     "lstm": ("lstm", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
 }
