@@ -163,6 +163,8 @@ def main() -> None:
     ap.add_argument("--decoders", nargs="*", help="only these labels (e.g. snn gru)")
     ap.add_argument("--snn-params", type=json.loads, default={},
                     help="JSON merged into the SNN's parameters (ablations)")
+    ap.add_argument("--rnn-params", type=json.loads, default={},
+                    help="JSON merged into the GRU's and LSTM's parameters (ablations)")
     ap.add_argument("--no-latency-1024", action="store_true")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -171,7 +173,7 @@ def main() -> None:
     for name in args.datasets:
         base = SNN_PARAMS[name][0 if args.quick else 1]
         snn = base | args.snn_params
-        rnn = base | ({"epochs": RNN_QUICK_EPOCHS[name]} if args.quick else {})
+        rnn = base | ({"epochs": RNN_QUICK_EPOCHS[name]} if args.quick else {}) | args.rnn_params
         decs = {"kalman": ("kalman", {"lag": "auto"}), "wiener": ("wiener", {}),
                 "snn": ("snn", snn), "gru": ("gru", rnn), "lstm": ("lstm", rnn)}
         if not args.quick:  # dendritic variant: reported, kept only if it helps
