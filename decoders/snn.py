@@ -39,8 +39,10 @@ class SNNNet(nn.Module):
     def __init__(self, n_in: int, n_out: int, hidden: int = 256, branches: int = 1,
                  recurrent: bool = True, tau_mem: tuple[float, float] = (1.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_out: float = 2.0,
-                 adapt_frac: float = 0.5, seed: int = 0, readout_trace: bool = False):
+                 adapt_frac: float = 0.5, seed: int = 0, readout_trace: bool = False,
+                 surrogate_scale: float = 5.0):
         super().__init__()
+        self.surrogate_scale = float(surrogate_scale)
         g = torch.Generator().manual_seed(seed)
         self.n_in, self.n_out, self.hidden, self.branches = n_in, n_out, hidden, branches
         bh = branches * hidden
@@ -99,7 +101,7 @@ class SNNNet(nn.Module):
                 cur = d.sum(1)
             if w_rec is not None:  # recurrent input lands on the soma
                 cur = cur + st.s @ w_rec.T
-            st = nr.alif_step(cur, st, alpha, rho, beta)
+            st = nr.alif_step(cur, st, alpha, rho, beta, scale=self.surrogate_scale)
             ro = st.s @ self.w_s.T + st.v @ self.w_v.T
             if self.w_a is not None:
                 ro = ro + st.a @ self.w_a.T
@@ -270,6 +272,7 @@ class SNNDecoder(Decoder):
         "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 3e-3,
         "weight_decay": 1e-2, "rate_reg": 1e-3, "input_dropout": 0.2, "val_frac": 0.1,
         "patience": 20, "seed": 0, "threads": 1, "readout_trace": False,
+        "surrogate_scale": 5.0,
     }
 
     def __init__(self, **params: Any):
@@ -297,7 +300,8 @@ class SNNDecoder(Decoder):
                      recurrent=p["recurrent"], tau_mem=tuple(p["tau_mem"]),
                      tau_adapt=tuple(p["tau_adapt"]), tau_out=p["tau_out"],
                      adapt_frac=p["adapt_frac"], seed=p["seed"],
-                     readout_trace=bool(p["readout_trace"]))
+                     readout_trace=bool(p["readout_trace"]),
+                     surrogate_scale=float(p["surrogate_scale"]))
         mu, sd = C.mean(0), C.std(0) + 1e-3
         ymu, ysd = Y.mean(0), Y.std(0) + 1e-9
         self.history = train_snn(net, (C - mu) / sd, (Y - ymu) / ysd, segments, p,
