@@ -269,7 +269,7 @@ class SNNDecoder(Decoder):
     DEFAULTS: dict[str, Any] = {
         "hidden": 256, "branches": 1, "recurrent": True, "tau_mem": (1.0, 20.0),
         "tau_adapt": (5.0, 100.0), "tau_out": 2.0, "adapt_frac": 0.5,
-        "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 3e-3,
+        "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 1e-2,
         "weight_decay": 1e-2, "rate_reg": 1e-3, "input_dropout": 0.2, "val_frac": 0.1,
         "patience": 20, "seed": 0, "threads": 1, "readout_trace": False,
         "surrogate_scale": 5.0,
