@@ -85,3 +85,19 @@ def test_baselines_ignore_adapt_until_switched_on(drift_session):
     before = dec.predict(adapt[0])
     _run_session(dec, *adapt)
     np.testing.assert_array_equal(dec.predict(adapt[0]), before)
+
+
+def test_rls_covers_the_adaptation_trace_readout(tmp_path):
+    from decoders import Decoder
+
+    counts, truth = MotorCortexSim(units=16, seed=2).counts(600, BIN_NS)
+    dec = build_decoder("snn", hidden=16, epochs=2, window=32, readout_trace=True).fit(
+        counts[:400], truth[:400, 2:])
+    w_a = dec.state_dict()["w_a"].copy()
+    dec.set_adaptation(True)
+    assert dec.adapter.d == 3 * 16 + 1
+    _run_session(dec, counts[400:], truth[400:, 2:])
+    dec.set_adaptation(False)
+    assert not np.array_equal(dec.state_dict()["w_a"], w_a)
+    back = Decoder.load(dec.save(tmp_path / "trace"))
+    np.testing.assert_allclose(back.predict(counts[400:]), dec.predict(counts[400:]), atol=1e-6)
