@@ -75,6 +75,14 @@ class Decoder(ABC):
             return
         self._adapt_on = bool(enabled)
 
+    def _adapt_target(self, target: np.ndarray) -> np.ndarray:
+        """``target`` as float64 of shape (n_outputs,), in ``output_names`` order."""
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != (self.n_outputs,):
+            raise ValueError(f"adapt target has shape {t.shape}; this decoder has "
+                             f"{self.n_outputs} outputs {list(self.output_names)}")
+        return t
+
     @property
     def adapting(self) -> bool:
         """True while :meth:`adapt` updates the model (read-only; see ``set_adaptation``)."""

@@ -175,7 +175,7 @@ class KalmanDecoder(Decoder):
             return
         K = self.n_outputs
         z = self._zs[:K]
-        np.subtract(target, self.x_mean, out=z)
+        np.subtract(self._adapt_target(target), self.x_mean, out=z)
         if not np.isfinite(z).all():
             return  # the target is the regressor here: no partial update
         z /= self._x_sd

@@ -192,7 +192,7 @@ class _RNNDecoder(Decoder):
         if not self._adapt_on:
             return
         self._z[:-1] = self.h
-        self.rls.update(self._z, np.asarray(target, np.float64) - self.y)
+        self.rls.update(self._z, self._adapt_target(target) - self.y)
         self.w_out[:] = self.rls.W[:, :-1]
         self.b_out[:] = self.rls.W[:, -1]
         # this bin's output as the recalibrated readout gives it (like the SNN's RLS)

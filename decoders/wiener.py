@@ -145,7 +145,7 @@ class WienerDecoder(Decoder):
         z = self._z[:-1]
         np.subtract(self._window[a0:], self._mu_t, out=z)
         z *= self._isd_t
-        self.rls.update(self._z, np.asarray(target, float) - self._out)
+        self.rls.update(self._z, self._adapt_target(target) - self._out)
         self.W[:, a0:] = self.rls.W[:, :d]
         self.b[:] = self.rls.W[:, d]
         # refold the standardisation (as _prepare does) for the adapted columns

@@ -140,6 +140,15 @@ def test_missing_targets_are_skipped(session):
         np.testing.assert_array_equal(v, ref[k])
 
 
+@pytest.mark.parametrize("kind", ["kalman", "wiener", "gru"])
+def test_wrong_target_length_is_a_clear_error(kind, session):
+    dec = _decoder(kind, session)
+    dec.set_adaptation(True)
+    dec.step(session["adapt"][0][0])
+    with pytest.raises(ValueError, match="2 outputs"):
+        dec.adapt(np.zeros(4))  # e.g. [x, y, vx, vy] for a velocity decoder
+
+
 def test_non_adaptive_decoder_stays_off_and_warns(caplog):
     dec = build_decoder("beta_power", n_inputs=4, bin_ms=1.0)
     assert not dec.supports_adapt
