@@ -6,8 +6,10 @@ For each dataset (contdata95, mc_maze_small, peyrache_hd) every decoder is
 fitted on the first 80 % (contiguous; by trial for MC_Maze) and scored on the
 last 20 %, decoded bin by bin from a fresh state per segment. Step latency is
 timed on the test recording with one thread. The SNN's step latency is also
-measured at 1024 inputs (``snn_step_1024``). ``--quick`` trains the SNN for
-fewer epochs; its figures are what that budget gives.
+measured at 1024 inputs (``snn_step_1024``, and the GRU's as ``gru_step_1024``).
+The GRU and LSTM decoders get the SNN's hidden size and training settings
+(same epochs, batch, patience) per dataset. ``--quick`` trains the SNN and the
+GRU/LSTM for fewer epochs; its figures are what that budget gives.
 """
 
 from __future__ import annotations
@@ -15,19 +17,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# one BLAS thread, as for torch: the GRU/LSTM step is numpy mat-vecs, and a
+# second OpenBLAS thread on this shared 2-core machine only adds tail latency
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from decoders import build_decoder  # noqa: E402
 from decoders.metrics import cc_per_output, predict_segments, r2_per_output  # noqa: E402
 from decoders.ops import PJ_PER_AC, PJ_PER_MAC, count_ops, gru_equivalent  # noqa: E402
+from decoders.rnn import GRUDecoder  # noqa: E402
 from decoders.snn import SNNDecoder  # noqa: E402
 from sources.datasets import DATASETS, DataMissingError, load_dataset  # noqa: E402
 
@@ -39,6 +47,9 @@ SNN_PARAMS = {
                       {"epochs": 200, "batch": 8, "patience": 40}),
     "peyrache_hd": ({"epochs": 15}, {"epochs": 40}),
 }
+# GRU/LSTM: the SNN's settings in the full run ("trained the same way"); in
+# --quick fewer epochs (they converge in far fewer) to keep it near 4 minutes
+RNN_QUICK_EPOCHS = {"contdata95": 8, "mc_maze_small": 40, "peyrache_hd": 6}
 
 
 def time_steps(dec, counts: np.ndarray, n: int, warmup: int = 200) -> np.ndarray:
@@ -89,13 +100,31 @@ def evaluate(name: str, kind: str, params: dict, quick: bool) -> dict:
         gru = gru_equivalent(dec.n_inputs, H, dec.n_outputs, te.counts)
         res |= {"epochs_run": len(dec.history), "snn_params": dec.params,
                 "ann_gru": gru, "energy_ratio_vs_gru": res["energy_pj"] / gru["energy_pj"]}
+    elif kind in ("gru", "lstm"):
+        res |= {"epochs_run": len(dec.history), "rnn_params": dec.params}
     return res
 
 
-def latency_1024(quick: bool) -> dict:
-    """SNN step latency with 1024 inputs (256 recurrent ALIF neurons, 1 ms bins)."""
+def compare_to_gru(res: dict) -> None:
+    """The DESIGN targets for every SNN variant: R² gap to the GRU, ≥ Wiener, energy ratio."""
+    if "gru" not in res:
+        return
+    g = res["gru"]
+    for label, r in res.items():
+        if label.startswith("snn"):
+            r["r2_gap_to_gru"] = g["r2_mean"] - r["r2_mean"]
+            r["energy_ratio_vs_gru_decoder"] = r["energy_pj"] / g["energy_pj"]
+            if "wiener" in res:
+                r["r2_minus_wiener"] = r["r2_mean"] - res["wiener"]["r2_mean"]
+
+
+def latency_1024(quick: bool, cls=SNNDecoder, extra: dict | None = None) -> dict:
+    """Step latency with 1024 inputs (256 hidden units, 1 ms bins), untrained weights."""
     torch.set_num_threads(1)
-    dec = SNNDecoder.untrained(1024, 4, bin_ms=1.0, hidden=256)
+    arch = {k: v for k, v in (extra or {}).items() if k not in (
+        "epochs", "batch", "patience", "lr", "window", "burn_in", "weight_decay",
+        "rate_reg", "input_dropout", "val_frac", "threads")}
+    dec = cls.untrained(1024, 4, bin_ms=1.0, **({"hidden": 256} | arch))
     rng = np.random.default_rng(0)
     counts = rng.poisson(0.02, (5000, 1024)).astype(np.float64)  # ~20 Hz at 1 ms bins
     lat = time_steps(dec, counts, 20000 if quick else 100000, warmup=2000)
@@ -131,28 +160,46 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    ap.add_argument("--decoders", nargs="*", help="only these labels (e.g. snn gru)")
+    ap.add_argument("--snn-params", type=json.loads, default={},
+                    help="JSON merged into the SNN's parameters (ablations)")
+    ap.add_argument("--rnn-params", type=json.loads, default={},
+                    help="JSON merged into the GRU's and LSTM's parameters (ablations)")
+    ap.add_argument("--no-latency-1024", action="store_true")
     args = ap.parse_args()
     t_start = time.perf_counter()
     results: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     for name in args.datasets:
-        snn = SNN_PARAMS[name][0 if args.quick else 1]
+        base = SNN_PARAMS[name][0 if args.quick else 1]
+        snn = base | args.snn_params
+        rnn = base | ({"epochs": RNN_QUICK_EPOCHS[name]} if args.quick else {}) | args.rnn_params
         decs = {"kalman": ("kalman", {"lag": "auto"}), "wiener": ("wiener", {}),
-                "snn": ("snn", snn)}
+                "snn": ("snn", snn), "gru": ("gru", rnn), "lstm": ("lstm", rnn)}
         if not args.quick:  # dendritic variant: reported, kept only if it helps
             decs["snn_dendritic"] = ("snn", snn | {"branches": 2})
+        if args.decoders:
+            decs = {k: v for k, v in decs.items() if k in args.decoders}
         try:
             results[name] = {}
             for label, (kind, params) in decs.items():
                 print(f"[{name}] {label} ...", file=sys.stderr, flush=True)
                 results[name][label] = evaluate(name, kind, params, args.quick)
+            compare_to_gru(results[name])
         except DataMissingError as e:
             skipped[name] = str(e)
             results.pop(name, None)
             print(f"skip {name}: {e}", file=sys.stderr)
-    lat = latency_1024(args.quick)
+    if args.no_latency_1024:
+        lat = lat_gru = {"hidden": 0, "steps": 0, "p50_us": float("nan"),
+                         "p99_us": float("nan"), "p999_us": float("nan"),
+                         "max_us": float("nan"), "floor_p99_us": float("nan"),
+                         "floor_p999_us": float("nan")}
+    else:
+        lat = latency_1024(args.quick, SNNDecoder, args.snn_params)
+        lat_gru = latency_1024(args.quick, GRUDecoder)
     out = {"quick": args.quick, "results": results, "skipped": skipped,
-           "snn_step_1024": lat,
+           "snn_step_1024": lat, "gru_step_1024": lat_gru,
            "energy_per_op_pj": {"ac": PJ_PER_AC, "mac": PJ_PER_MAC, "node": "45 nm"},
            "split": "first 80% train (last 10% of it for early stopping), last 20% test",
            "machine": {"cpu": platform.processor() or platform.machine(),
@@ -170,6 +217,12 @@ def main() -> None:
                   f"{r['step_p50_us']:7.1f} {r['step_p99_us']:7.1f} {r['params']:8d} "
                   f"{r['synops_ac']:9.0f} {r['synops_mac']:9.0f} {r['sparsity']:6.3f} "
                   f"{r['energy_pj'] / 1e3:8.2f}")
+        if "r2_gap_to_gru" in decs.get("snn", {}):
+            r = decs["snn"]
+            print(f"{name:14} snn vs gru: R2 gap {r['r2_gap_to_gru']:+.3f} (target <= 0.01), "
+                  f"vs wiener {r.get('r2_minus_wiener', float('nan')):+.3f} (target >= 0), "
+                  f"energy ratio "
+                  f"{r['energy_ratio_vs_gru_decoder']:.3f} (target <= 0.2)")
         if "snn" in decs:
             g = decs["snn"]["ann_gru"]
             print(f"{name:14} {'(GRU equiv.)':14} {'':30} {'':6} {'':6} {'':7} {'':7} "
@@ -180,6 +233,8 @@ def main() -> None:
           f"p99.9 {lat['p999_us']:.1f} us, max {lat['max_us']:.1f} us; same-length busy-wait "
           f"p99 {lat['floor_p99_us']:.1f} us, p99.9 {lat['floor_p999_us']:.1f} us "
           f"(scheduler floor at the time of the run)")
+    print(f"GRU step, 1024 inputs x {lat_gru['hidden']} units: p50 {lat_gru['p50_us']:.1f} us, "
+          f"p99 {lat_gru['p99_us']:.1f} us, p99.9 {lat_gru['p999_us']:.1f} us")
     print(f"energy per op: {PJ_PER_AC} pJ/AC, {PJ_PER_MAC} pJ/MAC (45 nm); "
           f"wall {out['wall_s']:.0f} s")
     if args.json:

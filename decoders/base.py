@@ -9,11 +9,14 @@ evaluation tells the truth about online behaviour.
 from __future__ import annotations
 
 import json
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class Decoder(ABC):
@@ -50,10 +53,40 @@ class Decoder(ABC):
     def adapt(self, target: np.ndarray) -> None:
         """Update the model online towards ``target`` for the last stepped bin.
 
-        Decoders without online recalibration ignore it; ``supports_adapt`` says which.
+        Call it right after ``step`` for the same bin. It does nothing unless
+        adaptation is on (:meth:`set_adaptation`); decoders without online
+        recalibration (``supports_adapt`` False) always ignore it. Non-finite
+        target entries (missing) leave their output's weights unchanged.
         """
 
     supports_adapt: ClassVar[bool] = False
+
+    def set_adaptation(self, enabled: bool) -> None:
+        """Switch online recalibration by :meth:`adapt` on or off.
+
+        Switching on keeps whatever an earlier on-period learned; switching off
+        freezes the model as it is (``state_dict``/``save`` then write the
+        recalibrated weights). A decoder that cannot adapt logs a warning and
+        stays off: check :attr:`adapting` afterwards. Never raises.
+        """
+        if enabled and not self.supports_adapt:
+            log.warning("decoder %r has no online adaptation; adapt() stays a no-op",
+                        self.kind)
+            return
+        self._adapt_on = bool(enabled)
+
+    def _adapt_target(self, target: np.ndarray) -> np.ndarray:
+        """``target`` as float64 of shape (n_outputs,), in ``output_names`` order."""
+        t = np.asarray(target, dtype=np.float64)
+        if t.shape != (self.n_outputs,):
+            raise ValueError(f"adapt target has shape {t.shape}; this decoder has "
+                             f"{self.n_outputs} outputs {list(self.output_names)}")
+        return t
+
+    @property
+    def adapting(self) -> bool:
+        """True while :meth:`adapt` updates the model (read-only; see ``set_adaptation``)."""
+        return bool(getattr(self, "_adapt_on", False))
 
     # --- offline ------------------------------------------------------------
     @abstractmethod

@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from .snn import SNNNet
+from torch import nn
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -45,16 +44,20 @@ def _r2(y: np.ndarray, p: np.ndarray) -> float:
                                                                   1e-12)))
 
 
-def _evaluate(net: SNNNet, X: np.ndarray, Y: np.ndarray, segs: list[tuple[int, int]]) -> float:
+def _evaluate(net: nn.Module, X: np.ndarray, Y: np.ndarray, segs: list[tuple[int, int]]) -> float:
     """R² over segments, each decoded from a fresh state (as online)."""
     with torch.no_grad():
         preds = [net(torch.from_numpy(X[a:b]).float()[None])[0][0].numpy() for a, b in segs]
     return _r2(Y[segs[0][0]:segs[-1][1]], np.concatenate(preds))
 
 
-def train_snn(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
+def train_snn(net: nn.Module, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
               p: dict[str, Any], progress: Progress | None = None) -> list[dict[str, float]]:
     """Train ``net`` in place on standardised X (T, N) and Y (T, K); returns the history.
+
+    ``net(x)`` maps (B, T, N) to ``(outputs (B, T, K), hidden activity (B, T, H))``;
+    the same protocol trains the SNN and the GRU/LSTM baselines (which pass
+    ``rate_reg = 0``: the firing-rate penalty is for spikes only).
 
     Runs with ``p["threads"]`` torch threads (default 1): the per-step matrices
     are small, and extra OpenMP threads spin and slow everything down on a
@@ -68,7 +71,7 @@ def train_snn(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | 
         torch.set_num_threads(before)
 
 
-def _train(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
+def _train(net: nn.Module, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | None,
            p: dict[str, Any], progress: Progress | None) -> list[dict[str, float]]:
     torch.manual_seed(int(p["seed"]))
     rng = np.random.default_rng(int(p["seed"]))
@@ -105,7 +108,8 @@ def _train(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | Non
                 xb = xb * (torch.rand_like(xb) > p["input_dropout"]) / (1 - p["input_dropout"])
             out, spikes = net(xb)
             loss = ((out[:, burn:] - yb[:, burn:]) ** 2).mean()
-            loss = loss + p["rate_reg"] * (spikes.mean((0, 1)) ** 2).sum() / net.hidden * 100
+            if p.get("rate_reg", 0.0):
+                loss = loss + p["rate_reg"] * (spikes.mean((0, 1)) ** 2).sum() / net.hidden * 100
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -127,3 +131,7 @@ def _train(net: SNNNet, X: np.ndarray, Y: np.ndarray, segments: np.ndarray | Non
             break
     net.load_state_dict(best_state)
     return history
+
+
+#: the training loop is not SNN-specific: the GRU/LSTM decoders use it unchanged
+train_net = train_snn

@@ -5,6 +5,18 @@ and spike counts are a linear, noisy read-out of it, y_t = H x_t + q. A, W, H an
 Q are fitted by least squares on a calibration block. With ``steady_state=True``
 the gain is iterated to convergence once at fit time, so each step is two
 small matrix-vector products.
+
+Online recalibration (``set_adaptation(True)``, then ``adapt(target)`` after
+each ``step``) follows the closed-loop decoder adaptation of Dangi et al.
+(2014, "recursive maximum likelihood"): the observation model -- H and the
+per-channel baseline -- is re-estimated by recursive least squares with a
+forgetting factor (``adapt_lam``), regressing each bin's (lagged) counts on
+the target state, standardised (:class:`~decoders.recalibration.LinearRLS`,
+one shared d = K + 1 regressor, O(N K + K²) per bin). Every
+``adapt_refresh`` bins the steady-state gain is re-solved by
+``adapt_riccati`` Riccati iterations warm-started from the previous solution
+(O(K N²)). A (state dynamics), W and Q stay as fitted. Pure float64 numpy:
+replaying the same bins and targets gives bit-identical outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .base import Decoder
+from .recalibration import LinearRLS
 
 
 def _lstsq(X: np.ndarray, Y: np.ndarray, ridge: float) -> np.ndarray:
@@ -25,10 +38,17 @@ def _lstsq(X: np.ndarray, Y: np.ndarray, ridge: float) -> np.ndarray:
 
 class KalmanDecoder(Decoder):
     kind = "kalman"
+    supports_adapt = True
 
-    def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int | str = 0):
+    def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int | str = 0,
+                 adapt_lam: float = 0.999, adapt_delta: float = 1.0, adapt_refresh: int = 1,
+                 adapt_riccati: int = 2):
         self.steady_state = steady_state
         self.ridge = ridge
+        self.adapt_lam, self.adapt_delta = float(adapt_lam), float(adapt_delta)
+        self.adapt_refresh, self.adapt_riccati = int(adapt_refresh), int(adapt_riccati)
+        self.rls: LinearRLS | None = None
+        self._adapt_on = False
         # bins by which neural activity leads behaviour; "auto" picks 0..3 on held-out data
         self.lag_choice = lag
         self.lag = 0 if lag == "auto" else int(lag)
@@ -96,10 +116,14 @@ class KalmanDecoder(Decoder):
             self.K_ss = P @ self._HtQinv
             # x_t = (I - K H) A x_{t-1} + K y_t
             self._M = (np.eye(n) - self.K_ss @ self.H) @ self.A
+            self._P_ss = P
+        self.rls = None
+        self._adapt_on = False
         self._x = np.zeros(n)
         self._out = np.zeros(n)
         self._tmp = np.zeros(n)
         self._yc = np.zeros(self.n_inputs)
+        self._used = np.zeros(self.n_inputs)
         self._delay = np.zeros((self.lag + 1, self.n_inputs))  # ring of the last lag+1 bins
         self.reset()
 
@@ -115,6 +139,7 @@ class KalmanDecoder(Decoder):
             self._delay[self._pos] = counts
             self._pos = (self._pos + 1) % (self.lag + 1)
             counts = self._delay[self._pos]  # the bin from ``lag`` steps ago
+        np.copyto(self._used, counts)  # the (lagged) bin this step observed, for adapt
         np.subtract(counts, self.y_mean, out=self._yc)
         if self.K_ss is not None:
             np.dot(self._M, self._x, out=self._tmp)
@@ -129,17 +154,74 @@ class KalmanDecoder(Decoder):
         np.add(self._x, self.x_mean, out=self._out)
         return self._out
 
+    # --------------------------------------------------------------- adaptation
+    def set_adaptation(self, enabled: bool) -> None:
+        if enabled and self.rls is None:
+            K, N = self.n_outputs, self.n_inputs
+            self._x_sd = np.sqrt(np.maximum(np.diag(self.P0), 1e-12))
+            self.rls = LinearRLS(np.concatenate([self.H * self._x_sd, np.zeros((N, 1))], 1),
+                                 lam=self.adapt_lam, delta=self.adapt_delta)
+            self._y_ref = self.y_mean.copy()
+            self._zs = np.zeros(K + 1)
+            self._zs[-1] = 1.0
+            self._pred_n = np.zeros(N)
+            self._err_n = np.zeros(N)
+            self._since = 0
+        self._adapt_on = bool(enabled)
+
+    def adapt(self, target: np.ndarray) -> None:
+        """RLS step on the observation model for the last stepped bin."""
+        if not self._adapt_on:
+            return
+        K = self.n_outputs
+        z = self._zs[:K]
+        np.subtract(self._adapt_target(target), self.x_mean, out=z)
+        if not np.isfinite(z).all():
+            return  # the target is the regressor here: no partial update
+        z /= self._x_sd
+        W = self.rls.W
+        np.dot(W, self._zs, out=self._pred_n)
+        np.subtract(self._used, self._y_ref, out=self._err_n)
+        self._err_n -= self._pred_n
+        self.rls.update(self._zs, self._err_n)
+        np.divide(W[:, :K], self._x_sd, out=self.H)
+        np.add(self._y_ref, W[:, K], out=self.y_mean)
+        self._since += 1
+        if self._since >= self.adapt_refresh:
+            self._since = 0
+            self._refresh_gain()
+
+    def _refresh_gain(self) -> None:
+        """Gain for the current H: warm-started Riccati iterations (information form)."""
+        np.dot(self.H.T, self._Qinv, out=self._HtQinv)
+        np.dot(self._HtQinv, self.H, out=self._HtQinvH)
+        if self.K_ss is None:
+            return
+        P = self._P_ss
+        for _ in range(self.adapt_riccati):
+            Pp = self.A @ P @ self.A.T + self.W
+            P = np.linalg.inv(np.linalg.inv(Pp) + self._HtQinvH)
+        self._P_ss = P
+        np.dot(P, self._HtQinv, out=self.K_ss)
+        self._M = (np.eye(self.n_outputs) - self.K_ss @ self.H) @ self.A
+
     # --------------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
         return super().metadata() | {
             "steady_state": self.steady_state, "ridge": self.ridge, "lag": self.lag,
+            "adapt_lam": self.adapt_lam, "adapt_delta": self.adapt_delta,
+            "adapt_refresh": self.adapt_refresh, "adapt_riccati": self.adapt_riccati,
         }
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in ("A", "W", "H", "Q", "P0", "x_mean", "y_mean")}
+        """Fitted (or, after ``adapt``, recalibrated H and baseline) model; copies."""
+        return {k: getattr(self, k).copy()
+                for k in ("A", "W", "H", "Q", "P0", "x_mean", "y_mean")}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0))
+        self.__init__(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0),
+                      **{k: meta[k] for k in ("adapt_lam", "adapt_delta", "adapt_refresh",
+                                              "adapt_riccati") if k in meta})
         for k, v in state.items():
             setattr(self, k, np.asarray(v, float))
         self._restore_metadata(meta)

@@ -22,23 +22,27 @@ from torch import Tensor
 class SuperSpike(torch.autograd.Function):
     """Heaviside forward, fast-sigmoid surrogate gradient backward (Zenke & Ganguli 2018)."""
 
-    scale = 5.0
+    scale = 5.0  # default steepness of the surrogate
 
     @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+    def forward(ctx, x: Tensor, scale: float = 5.0) -> Tensor:  # noqa: D102
         ctx.save_for_backward(x)
+        ctx.scale = scale
         return (x > 0).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: D102
         (x,) = ctx.saved_tensors
-        return grad / (SuperSpike.scale * x.abs() + 1.0) ** 2
+        return grad / (ctx.scale * x.abs() + 1.0) ** 2, None
 
 
-def spike(x: Tensor) -> Tensor:
-    """Spike where ``x > 0``; differentiable through the surrogate when grads are on."""
+def spike(x: Tensor, scale: float = SuperSpike.scale) -> Tensor:
+    """Spike where ``x > 0``; differentiable through the surrogate when grads are on.
+
+    ``scale`` sets the surrogate's steepness (larger = narrower around threshold).
+    """
     if torch.is_grad_enabled() and x.requires_grad:
-        return SuperSpike.apply(x)
+        return SuperSpike.apply(x, scale)
     return (x > 0).to(x.dtype)
 
 
@@ -54,7 +58,8 @@ class ALIFState(NamedTuple):
 
 
 def alif_step(current: Tensor, state: ALIFState, alpha: Tensor, rho: Tensor,
-              beta: Tensor, threshold: float = 1.0) -> ALIFState:
+              beta: Tensor, threshold: float = 1.0,
+              scale: float = SuperSpike.scale) -> ALIFState:
     """Adaptive LIF: leaky membrane, soft reset, threshold raised by recent spikes.
 
     ``beta = 0`` gives a plain LIF neuron; ``rho`` sets how long adaptation lasts,
@@ -62,7 +67,7 @@ def alif_step(current: Tensor, state: ALIFState, alpha: Tensor, rho: Tensor,
     """
     thr = beta * state.a + threshold
     v = alpha * state.v + (1.0 - alpha) * current
-    s = spike(v - thr)
+    s = spike(v - thr, scale)
     v = v - s * thr
     a = rho * state.a + (1.0 - rho) * s
     return ALIFState(v, a, s)

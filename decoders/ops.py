@@ -6,7 +6,10 @@ accumulate (AC, the weight is just added); any other value costs a
 multiply-accumulate (MAC). Neuron state updates are not synaptic operations
 and are not counted. Energy uses 45 nm figures (Horowitz 2014, as used by
 NeuroBench and most SNN papers): 0.9 pJ per AC and 4.6 pJ per MAC (32-bit float).
-The equivalent ANN is a GRU with the SNN's hidden size on the same inputs.
+The equivalent ANN is a GRU with the SNN's hidden size on the same inputs;
+the real GRU/LSTM decoders (:mod:`decoders.rnn`) are counted by the same
+rules: input counts as for the SNN, the dense hidden state as MACs into the
+recurrent gates and the readout.
 """
 
 from __future__ import annotations
@@ -43,7 +46,18 @@ def count_ops(decoder: Decoder, counts: np.ndarray) -> dict[str, float]:
             ac += n_spk * (H - 1)
         ac += n_spk * K  # spike readout
         mac += H * K  # membrane readout is dense
+        if "w_a" in kp:
+            mac += H * K  # so is the readout of the adaptation traces
         sparsity = float(1.0 - s.mean())
+    elif decoder.kind in ("gru", "lstm"):
+        # input layer like the SNN's (a count of 1 is an AC); the recurrent and
+        # readout layers see the dense hidden state: one MAC per weight
+        H, G = decoder.H, decoder.gates
+        ac, mac = _split(counts, G * H)
+        h = decoder.hidden_states(counts)
+        nz_h = float((h != 0).sum(1).mean())
+        mac += nz_h * (G * H + K)
+        sparsity = float((h == 0).mean())
     elif decoder.kind == "wiener":
         ac, mac = _split(counts, decoder.history * K)
         sparsity = 0.0

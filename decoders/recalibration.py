@@ -16,6 +16,7 @@ new linear readout of them can undo rotated tuning and silenced units.
 from __future__ import annotations
 
 import numpy as np
+from scipy.linalg.blas import dger
 
 
 class ReadoutRLS:
@@ -24,11 +25,14 @@ class ReadoutRLS:
     def __init__(self, kernel, lam: float = 0.999, delta: float = 10.0, enabled: bool = True):
         self.lam, self.delta, self.enabled = float(lam), float(delta), enabled
         H, K = kernel.H, kernel.n_out
-        self.d = 2 * H + 1
+        self.trace = getattr(kernel, "w_a", None) is not None  # readout of a as well
+        self.d = (3 if self.trace else 2) * H + 1
         self.kappa = kernel.kappa.numpy().astype(np.float64)
-        # float64 master copy of [w_s | w_v | b_out]; written back to the kernel
-        self.W = np.concatenate([kernel.w_s.numpy(), kernel.w_v.numpy(),
-                                 kernel.b_out.numpy()[:, None]], 1).astype(np.float64)
+        # float64 master copy of [w_s | w_v (| w_a) | b_out]; written back to the kernel
+        parts = [kernel.w_s.numpy(), kernel.w_v.numpy()]
+        if self.trace:
+            parts.append(kernel.w_a.numpy())
+        self.W = np.concatenate(parts + [kernel.b_out.numpy()[:, None]], 1).astype(np.float64)
         self.P = np.stack([np.eye(self.d) / self.delta for _ in range(K)])
         self.z = np.zeros((K, self.d))  # eligibility traces, one per output
         self.f = np.zeros(self.d)
@@ -47,6 +51,8 @@ class ReadoutRLS:
         H = kernel.H
         self.f[:H] = kernel.s.numpy()
         self.f[H:2 * H] = kernel.v.numpy()
+        if self.trace:
+            self.f[2 * H:3 * H] = kernel.a.numpy()
         self.z *= self.kappa[:, None]
         self.z += (1.0 - self.kappa)[:, None] * self.f
 
@@ -71,4 +77,58 @@ class ReadoutRLS:
             y[k] += err * (1.0 - self.lam / denom)  # keep the output state consistent
         kernel.w_s.numpy()[:] = self.W[:, :H]
         kernel.w_v.numpy()[:] = self.W[:, H:2 * H]
+        if self.trace:
+            kernel.w_a.numpy()[:] = self.W[:, 2 * H:3 * H]
         kernel.b_out.numpy()[:] = self.W[:, -1]
+
+
+class LinearRLS:
+    """RLS for ``y ≈ W z`` when every row of ``W`` shares the regressor ``z``.
+
+    Used for the readouts of the GRU/LSTM decoders (z = [hidden state, 1]),
+    the Wiener filter (z = [standardised count history, 1]) and the Kalman
+    observation model (rows = channels, z = [standardised state, 1]). One
+    inverse-correlation matrix ``P`` (d x d) serves all rows, so an update
+    costs O(d² + K d). Everything runs in place on buffers allocated here;
+    the arithmetic is plain float64 numpy, so the same inputs give
+    bit-identical weights (recordings replay exactly).
+
+    ``lam`` is the forgetting factor (memory ~ 1 / (1 - lam) updates). With
+    ``lam < 1`` directions the data never excites (a silenced unit) would
+    make ``P`` grow without bound ("wind-up"); ``P`` is only divided by
+    ``lam`` while its trace stays below ``max_trace_factor`` times its
+    initial trace.
+    """
+
+    def __init__(self, W: np.ndarray, lam: float = 0.999, delta: float = 1.0,
+                 max_trace_factor: float = 100.0):
+        self.lam, self.delta = float(lam), float(delta)
+        self.W = np.array(W, dtype=np.float64, order="C")  # (K, d), updated in place
+        K, d = self.W.shape
+        self.P = np.eye(d) / self.delta
+        self.max_trace = max_trace_factor * d / self.delta
+        self._Pz = np.zeros(d)
+        self._err = np.zeros(K)
+        self.n_updates = 0
+
+    def update(self, z: np.ndarray, err: np.ndarray) -> None:
+        """One step: ``err = target - W z`` (K,) for regressor ``z`` (d,).
+
+        Non-finite errors (missing targets) leave their row unchanged.
+        """
+        np.copyto(self._err, err)
+        bad = ~np.isfinite(self._err)
+        if bad.all():
+            return
+        if bad.any():
+            self._err[bad] = 0.0
+        Pz = self._Pz
+        np.dot(self.P, z, out=Pz)
+        inv = 1.0 / (self.lam + float(z @ Pz))
+        # rank-1 updates in place (BLAS ger on the transposed, Fortran-ordered views):
+        # W += err (P z)ᵀ / denom;  P -= (P z)(P z)ᵀ / denom  (P is symmetric)
+        dger(inv, Pz, self._err, a=self.W.T, overwrite_a=1)
+        dger(-inv, Pz, Pz, a=self.P.T, overwrite_a=1)
+        if np.trace(self.P) < self.max_trace:  # anti-wind-up
+            self.P *= 1.0 / self.lam
+        self.n_updates += 1

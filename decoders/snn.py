@@ -39,8 +39,10 @@ class SNNNet(nn.Module):
     def __init__(self, n_in: int, n_out: int, hidden: int = 256, branches: int = 1,
                  recurrent: bool = True, tau_mem: tuple[float, float] = (1.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_out: float = 2.0,
-                 adapt_frac: float = 0.5, seed: int = 0):
+                 adapt_frac: float = 0.5, seed: int = 0, readout_trace: bool = False,
+                 surrogate_scale: float = 5.0):
         super().__init__()
+        self.surrogate_scale = float(surrogate_scale)
         g = torch.Generator().manual_seed(seed)
         self.n_in, self.n_out, self.hidden, self.branches = n_in, n_out, hidden, branches
         bh = branches * hidden
@@ -65,6 +67,8 @@ class SNNNet(nn.Module):
         self.beta = nn.Parameter(beta)
         self.w_s = nn.Parameter(torch.zeros(n_out, hidden))
         self.w_v = nn.Parameter(torch.randn(n_out, hidden, generator=g) * 0.01)
+        # optional readout of the adaptation traces a (spike rates over 5-100 bins)
+        self.w_a = nn.Parameter(torch.zeros(n_out, hidden)) if readout_trace else None
         self.b_out = nn.Parameter(torch.zeros(n_out))
         self.log_tau_o = nn.Parameter(torch.full((n_out,), math.log(tau_out)))
 
@@ -97,8 +101,11 @@ class SNNNet(nn.Module):
                 cur = d.sum(1)
             if w_rec is not None:  # recurrent input lands on the soma
                 cur = cur + st.s @ w_rec.T
-            st = nr.alif_step(cur, st, alpha, rho, beta)
-            y = nr.leaky_readout(st.s @ self.w_s.T + st.v @ self.w_v.T + self.b_out, y, kappa)
+            st = nr.alif_step(cur, st, alpha, rho, beta, scale=self.surrogate_scale)
+            ro = st.s @ self.w_s.T + st.v @ self.w_v.T
+            if self.w_a is not None:
+                ro = ro + st.a @ self.w_a.T
+            y = nr.leaky_readout(ro + self.b_out, y, kappa)
             ys.append(y)
             ss.append(st.s)
         return torch.stack(ys, 1), torch.stack(ss, 1)
@@ -122,6 +129,7 @@ class SNNKernel:
         self.alpha_d = f32.get("alpha_d")
         self.oma_d = None if self.alpha_d is None else 1.0 - self.alpha_d
         self.w_s, self.w_v, self.b_out = f32["w_s"], f32["w_v"], f32["b_out"]
+        self.w_a = f32.get("w_a")
         self.kappa, self.omk = f32["kappa"], 1.0 - f32["kappa"]
         self.y0 = f32["y0"]
         self.n_in, self.n_out = self.w_in.shape[1], self.w_s.shape[0]
@@ -187,6 +195,9 @@ class SNNKernel:
             torch.mv(self.w_s, self.s, out=self.ro)
             torch.mv(self.w_v, self.v, out=self.ro2)
             self.ro.add_(self.ro2)
+            if self.w_a is not None:
+                torch.mv(self.w_a, self.a, out=self.ro2)
+                self.ro.add_(self.ro2)
             self.ro.add_(self.b_out)
             self.y.mul_(self.kappa)
             torch.mul(self.omk, self.ro, out=self.ro2)
@@ -212,7 +223,10 @@ class SNNKernel:
                 if self.w_rec is not None:
                     cur = cur + torch.mv(self.w_rec, st.s)
                 st = nr.alif_step(cur, st, self.alpha, self.rho, self.beta)
-                ro = torch.mv(self.w_s, st.s) + torch.mv(self.w_v, st.v) + self.b_out
+                ro = torch.mv(self.w_s, st.s) + torch.mv(self.w_v, st.v)
+                if self.w_a is not None:
+                    ro = ro + torch.mv(self.w_a, st.a)
+                ro = ro + self.b_out
                 y = nr.leaky_readout(ro, y, self.kappa)
                 ys[t], ss[t] = y, st.s
         return ys.numpy().astype(np.float64), ss.numpy()
@@ -239,6 +253,8 @@ def export_kernel_params(net: SNNNet, mu: np.ndarray, sd: np.ndarray, ymu: np.nd
              "y0": np.asarray(ymu, float)}
         if net.w_rec is not None:
             p["w_rec"] = net.w_recurrent().double().numpy()
+        if net.w_a is not None:
+            p["w_a"] = net.w_a.double().numpy() * ysd[:, None]
         if net.log_tau_d is not None:
             p["alpha_d"] = nr.decay(net.log_tau_d.exp()).double().numpy()
     return p
@@ -253,9 +269,10 @@ class SNNDecoder(Decoder):
     DEFAULTS: dict[str, Any] = {
         "hidden": 256, "branches": 1, "recurrent": True, "tau_mem": (1.0, 20.0),
         "tau_adapt": (5.0, 100.0), "tau_out": 2.0, "adapt_frac": 0.5,
-        "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 3e-3,
+        "epochs": 60, "window": 64, "burn_in": 32, "batch": 32, "lr": 1e-2,
         "weight_decay": 1e-2, "rate_reg": 1e-3, "input_dropout": 0.2, "val_frac": 0.1,
-        "patience": 20, "seed": 0, "threads": 1,
+        "patience": 20, "seed": 0, "threads": 1, "readout_trace": False,
+        "surrogate_scale": 5.0,
     }
 
     def __init__(self, **params: Any):
@@ -282,7 +299,9 @@ class SNNDecoder(Decoder):
         net = SNNNet(self.n_inputs, self.n_outputs, hidden=p["hidden"], branches=p["branches"],
                      recurrent=p["recurrent"], tau_mem=tuple(p["tau_mem"]),
                      tau_adapt=tuple(p["tau_adapt"]), tau_out=p["tau_out"],
-                     adapt_frac=p["adapt_frac"], seed=p["seed"])
+                     adapt_frac=p["adapt_frac"], seed=p["seed"],
+                     readout_trace=bool(p["readout_trace"]),
+                     surrogate_scale=float(p["surrogate_scale"]))
         mu, sd = C.mean(0), C.std(0) + 1e-3
         ymu, ysd = Y.mean(0), Y.std(0) + 1e-9
         self.history = train_snn(net, (C - mu) / sd, (Y - ymu) / ysd, segments, p,
@@ -300,7 +319,8 @@ class SNNDecoder(Decoder):
         dec.output_names = [f"x{i}" for i in range(n_outputs)]
         p = dec.params
         net = SNNNet(n_inputs, n_outputs, hidden=p["hidden"], branches=p["branches"],
-                     recurrent=p["recurrent"], seed=p["seed"])
+                     recurrent=p["recurrent"], seed=p["seed"],
+                     readout_trace=bool(p["readout_trace"]))
         dec.kparams = export_kernel_params(net, np.zeros(n_inputs), np.ones(n_inputs),
                                            np.zeros(n_outputs), np.ones(n_outputs))
         dec._prepare()
@@ -327,6 +347,15 @@ class SNNDecoder(Decoder):
             self.adapter = ReadoutRLS(self.kernel, **rls)
         self.adapter.enabled = enabled
         return self.adapter
+
+    def set_adaptation(self, enabled: bool) -> None:
+        """Service-facing switch: ``enable_adaptation(enabled)`` with its default RLS."""
+        if enabled or self.adapter is not None:
+            self.enable_adaptation(bool(enabled))
+
+    @property
+    def adapting(self) -> bool:
+        return self.adapter is not None and bool(self.adapter.enabled)
 
     def step(self, counts: np.ndarray) -> np.ndarray:
         y = self.kernel.step_(counts)
@@ -368,6 +397,8 @@ class SNNDecoder(Decoder):
             W = self.adapter.W
             self.kparams |= {"w_s": W[:, :H].copy(), "w_v": W[:, H:2 * H].copy(),
                              "b_out": W[:, -1].copy()}
+            if "w_a" in self.kparams:
+                self.kparams["w_a"] = W[:, 2 * H:3 * H].copy()
         return {k: np.asarray(v) for k, v in self.kparams.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

@@ -50,7 +50,7 @@ def train_model(data: Any, kind: str = "snn", params: dict[str, Any] | None = No
     """
     ds = _as_dataset(data, bin_ms, output_names)
     params = dict(params or {})
-    if kind == "snn":
+    if kind in ("snn", "gru", "lstm"):  # trained by BPTT: the seed sets init and windows
         params.setdefault("seed", seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -59,7 +59,7 @@ def train_model(data: Any, kind: str = "snn", params: dict[str, Any] | None = No
     dec = build_decoder(kind, **params)
     dec.fit(tr.counts, tr.behavior, bin_ms=ds.bin_ms, output_names=ds.output_names,
             segments=tr.segments, progress=progress)
-    if progress is not None and kind != "snn":
+    if progress is not None and kind not in ("snn", "gru", "lstm"):
         progress(1, 1, {})
     metrics: dict[str, Any] = {}
     if len(te.counts):
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int)
     args = ap.parse_args(argv)
-    params = {"epochs": args.epochs} if args.epochs and args.kind == "snn" else {}
+    bptt = args.kind in ("snn", "gru", "lstm")
+    params = {"epochs": args.epochs} if args.epochs and bptt else {}
     dec, meta = train_model(args.dataset, args.kind, params, args.seed, progress=text_progress)
     path = ModelStore(args.store).save(args.name, dec, meta)
     print(f"{path}: R² {meta['metrics'].get('r2_mean', float('nan')):.3f}")

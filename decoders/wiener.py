@@ -3,6 +3,16 @@
 The simplest decoder that uses time: the output is a linear function of the
 last ``history`` bins of (standardised) counts. It is the reference the shared
 data README quotes, so every other decoder is measured against it.
+
+Online recalibration (``set_adaptation(True)``, then ``adapt(target)`` after
+each ``step``): recursive least squares with forgetting factor ``adapt_lam``
+on the filter weights and bias, in the standardised space they were fitted
+in, starting from the fitted filter (:class:`~decoders.recalibration.LinearRLS`,
+regressor = [standardised history, 1]); its initial P is the inverse of
+the ridge the fit chose (``adapt_delta=None``), so the first few hundred
+bins cannot override the fitted filter with noise. A bin costs O(d²) with
+d = history x channels + 1 (about 0.1 ms for 5 x 96 channels); above
+``adapt_max_dim`` only the most recent lags that fit are recalibrated.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .base import Decoder
+from .recalibration import LinearRLS
 
 
 def _lagged(z: np.ndarray, history: int) -> np.ndarray:
@@ -28,12 +39,21 @@ class WienerDecoder(Decoder):
     """Ridge on ``history`` bins; ``alpha`` is chosen on a held-out tail when given a list."""
 
     kind = "wiener"
+    supports_adapt = True
 
     def __init__(self, history: int = 5, alpha: float | list[float] = (1.0, 10.0, 100.0, 1e3,
-                                                                             1e4)):
+                                                                             1e4),
+                 adapt_lam: float = 0.999, adapt_delta: float | None = None,
+                 adapt_max_dim: int = 1025):
         self.history = int(history)
         self.alpha = alpha
+        self.adapt_lam = float(adapt_lam)
+        # RLS prior strength on the fitted weights; None = the fitted ridge alpha
+        self.adapt_delta = None if adapt_delta is None else float(adapt_delta)
+        self.adapt_max_dim = int(adapt_max_dim)
         self.output_names = []
+        self.rls: LinearRLS | None = None
+        self._adapt_on = False
 
     # --------------------------------------------------------------- fitting
     def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
@@ -79,6 +99,11 @@ class WienerDecoder(Decoder):
         self._braw = self.b - Wl.sum(1) @ self.mu
         self._buf = np.zeros((2 * L, N))  # doubled ring buffer: history is always contiguous
         self._out = np.zeros(self.n_outputs)
+        self._window = self._buf[0:L].reshape(-1)
+        self._mu_all = np.tile(self.mu, L)
+        self._bk = np.zeros(self.n_outputs)
+        self.rls = None
+        self._adapt_on = False
         self.reset()
 
     # --------------------------------------------------------------- online
@@ -92,9 +117,41 @@ class WienerDecoder(Decoder):
         self._buf[self._pos] = counts
         self._buf[self._pos + L] = counts
         window = self._buf[self._pos + 1: self._pos + 1 + L].reshape(-1)
+        self._window = window
         np.dot(self._Wraw, window, out=self._out)
         self._out += self._braw
         return self._out
+
+    # --------------------------------------------------------------- adaptation
+    def set_adaptation(self, enabled: bool) -> None:
+        if enabled and self.rls is None:
+            L, N = self.history, self.n_inputs
+            lags = max(1, min(L, (self.adapt_max_dim - 1) // N))  # most recent lags first
+            self._a0 = (L - lags) * N  # first adapted column of the lagged window
+            self.rls = LinearRLS(np.concatenate([self.W[:, self._a0:], self.b[:, None]], 1),
+                                 lam=self.adapt_lam,
+                                 delta=self.adapt_delta or self.alpha_)
+            self._mu_t = np.tile(self.mu, lags)
+            self._isd_t = 1.0 / np.tile(self.sd, lags)
+            self._z = np.zeros(lags * N + 1)
+            self._z[-1] = 1.0
+        self._adapt_on = bool(enabled)
+
+    def adapt(self, target: np.ndarray) -> None:
+        """RLS step on the (standardised) weights for the last stepped bin."""
+        if not self._adapt_on:
+            return
+        a0, d = self._a0, len(self._z) - 1
+        z = self._z[:-1]
+        np.subtract(self._window[a0:], self._mu_t, out=z)
+        z *= self._isd_t
+        self.rls.update(self._z, self._adapt_target(target) - self._out)
+        self.W[:, a0:] = self.rls.W[:, :d]
+        self.b[:] = self.rls.W[:, d]
+        # refold the standardisation (as _prepare does) for the adapted columns
+        np.multiply(self.rls.W[:, :d], self._isd_t, out=self._Wraw[:, a0:])
+        np.dot(self._Wraw, self._mu_all, out=self._bk)
+        np.subtract(self.b, self._bk, out=self._braw)
 
     def predict(self, counts: np.ndarray) -> np.ndarray:
         """Vectorised equivalent of stepping from a fresh state."""
@@ -103,13 +160,19 @@ class WienerDecoder(Decoder):
 
     # --------------------------------------------------------------- persistence
     def metadata(self) -> dict[str, Any]:
-        return super().metadata() | {"history": self.history, "alpha": self.alpha_}
+        return super().metadata() | {"history": self.history, "alpha": self.alpha_,
+                                     "adapt_lam": self.adapt_lam,
+                                     "adapt_delta": self.adapt_delta,
+                                     "adapt_max_dim": self.adapt_max_dim}
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        return {"W": self.W, "b": self.b, "mu": self.mu, "sd": self.sd}
+        """Fitted (or, after ``adapt``, recalibrated) weights; copies."""
+        return {"W": self.W.copy(), "b": self.b.copy(), "mu": self.mu, "sd": self.sd}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(int(meta["history"]), float(meta["alpha"]))
+        self.__init__(int(meta["history"]), float(meta["alpha"]),
+                      **{k: meta[k] for k in ("adapt_lam", "adapt_delta", "adapt_max_dim")
+                         if k in meta})
         self.alpha_ = float(meta["alpha"])
         for k, v in state.items():
             setattr(self, k, np.asarray(v, float))

@@ -16,6 +16,9 @@ KINDS = {
     "wiener": ("wiener", {"history": 4}),
     "snn": ("snn", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
     "snn_dendritic": ("snn", {"hidden": 16, "branches": 3, "epochs": 2, "window": 32}),
+    "snn_trace": ("snn", {"hidden": 24, "epochs": 2, "window": 32, "readout_trace": True}),
+    "gru": ("gru", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
+    "lstm": ("lstm", {"hidden": 32, "epochs": 3, "window": 32, "seed": 0}),
 }
 
 
@@ -83,3 +86,38 @@ def test_snn_step_reuses_its_buffers(sim_data):
     for c in counts[:20]:
         dec.step(c)
     assert ptrs == [t.data_ptr() for t in (k.x, k.cur, k.v, k.a, k.s, k.y)]
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_rnn_training_is_reproducible_and_learns(kind, sim_data):
+    counts, truth = sim_data
+    name, params = KINDS[kind]
+    params = params | {"epochs": 15, "batch": 8}
+    a, b = (build_decoder(name, **params).fit(counts[:900], truth[:900]) for _ in range(2))
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(v, b.state_dict()[k])
+    assert r2_per_output(truth[900:, 2:], a.predict(counts[900:])[:, 2:]).mean() > 0.3
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_rnn_kernel_matches_torch_and_reuses_buffers(kind, sim_data):
+    import torch
+
+    from decoders.rnn import RNNNet, export_rnn_params
+
+    counts, _ = sim_data
+    dec = build_decoder(kind, hidden=16)
+    dec.n_inputs, dec.n_outputs, dec.output_names = counts.shape[1], 4, list("abcd")
+    net = RNNNet(kind, counts.shape[1], 4, hidden=16, seed=3)
+    mu, sd = counts.mean(0), counts.std(0) + 1e-3
+    dec.kparams = export_rnn_params(net, mu, sd, np.zeros(4), np.ones(4))
+    dec._prepare()
+    with torch.no_grad():
+        ref = net(torch.from_numpy((counts[:200] - mu) / sd).float()[None])[0][0].numpy()
+    np.testing.assert_allclose(dec.predict(counts[:200]), ref, atol=1e-4)
+    bufs = (dec.x, dec.gi, dec.gh, dec.h, dec.c, dec.y)
+    ptrs = [b.ctypes.data for b in bufs]
+    out = dec.step(counts[0])
+    for c in counts[1:20]:
+        assert dec.step(c) is out
+    assert ptrs == [b.ctypes.data for b in bufs]

@@ -55,6 +55,17 @@ def test_recalibration_recovers_lost_r2_within_two_minutes(drift_session):
     assert recovered >= 0.8, (r2_pre, r2_drift, r2_after)
 
 
+def test_set_adaptation_drives_the_snn_rls(drift_session):
+    dec = copy.deepcopy(drift_session[0])
+    assert not dec.adapting
+    dec.set_adaptation(False)  # off before ever on: no adapter is created
+    assert dec.adapter is None and not dec.adapting
+    dec.set_adaptation(True)
+    assert dec.adapting and dec.adapter.enabled
+    dec.set_adaptation(False)
+    assert not dec.adapting and dec.adapter is not None
+
+
 def test_recalibration_switched_off_changes_nothing(drift_session):
     dec, _, adapt, post = drift_session
     ref = dec.predict(post[0])
@@ -67,10 +78,26 @@ def test_recalibration_switched_off_changes_nothing(drift_session):
         np.testing.assert_array_equal(off.state_dict()[k], dec.state_dict()[k])
 
 
-def test_baselines_ignore_adapt(drift_session):
+def test_baselines_ignore_adapt_until_switched_on(drift_session):
     _, pre, adapt, _ = drift_session
     dec = build_decoder("wiener").fit(*pre)
-    assert not dec.supports_adapt
+    assert dec.supports_adapt and not dec.adapting
     before = dec.predict(adapt[0])
     _run_session(dec, *adapt)
     np.testing.assert_array_equal(dec.predict(adapt[0]), before)
+
+
+def test_rls_covers_the_adaptation_trace_readout(tmp_path):
+    from decoders import Decoder
+
+    counts, truth = MotorCortexSim(units=16, seed=2).counts(600, BIN_NS)
+    dec = build_decoder("snn", hidden=16, epochs=2, window=32, readout_trace=True).fit(
+        counts[:400], truth[:400, 2:])
+    w_a = dec.state_dict()["w_a"].copy()
+    dec.set_adaptation(True)
+    assert dec.adapter.d == 3 * 16 + 1
+    _run_session(dec, counts[400:], truth[400:, 2:])
+    dec.set_adaptation(False)
+    assert not np.array_equal(dec.state_dict()["w_a"], w_a)
+    back = Decoder.load(dec.save(tmp_path / "trace"))
+    np.testing.assert_allclose(back.predict(counts[400:]), dec.predict(counts[400:]), atol=1e-6)

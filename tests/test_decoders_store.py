@@ -51,3 +51,16 @@ def test_store_rejects_bad_names_and_missing(tmp_path):
     with pytest.raises(KeyError):
         store.load("absent")
     assert store.list() == []
+
+
+def test_gru_trains_seeded_through_train_model(arrays, tmp_path):
+    params = {"hidden": 8, "epochs": 2, "window": 16}
+    a, ma = train_model(arrays, "gru", params, seed=2)
+    b, mb = train_model(arrays, "gru", params, seed=2)
+    c, _ = train_model(arrays, "gru", params, seed=3)
+    assert ma["metrics"] == mb["metrics"] and a.params["seed"] == 2
+    assert not np.array_equal(a.state_dict()["w_hh"], c.state_dict()["w_hh"])
+    ModelStore(tmp_path).save("g", a, ma)
+    back = ModelStore(tmp_path).load("g")
+    assert back.kind == "gru"
+    np.testing.assert_array_equal(back.predict(arrays[0][:50]), a.predict(arrays[0][:50]))
