@@ -205,3 +205,33 @@ def test_a_source_restart_during_calibration_starts_calibration_over():
     st = core.calibration_status()
     assert st["restarts"] == 1 and 0 < st["bins"] <= BINS_PER_S
     assert core.state is SessionState.CALIBRATING
+
+
+@pytest.mark.parametrize("kind", ["kalman", "wiener", "snn"])
+def test_adaptation_reaches_the_decoder_and_changes_it(kind):
+    """decoder.adapt in the config and the adapt control reach a decoder that adapts (it
+    was wired but inert: only tests switched the SNN's adaptation on). The behaviour
+    columns are mapped onto the decoder's outputs by name (here it decodes vx, vy only)."""
+    cfg = _cfg(type=kind, outputs=["vx", "vy"],
+               params={"epochs": 2} if kind == "snn" else {})
+    core = SessionCore(cfg)
+    core.begin()
+    frames = list(segment(8, 6.0, epoch=1))
+    fitted = False
+    for f in frames[:1400]:  # calibration (3 s) and then some
+        core.accept(f)
+        if core.state is SessionState.CALIBRATING and len(core._cal_counts) >= \
+                core.calibration_needed and not fitted:
+            from service.loop.core import fit_calibration
+            core.install(fit_calibration(cfg, np.asarray(core._cal_counts),
+                                         np.asarray(core._cal_truth), core.truth_names))
+            fitted = True
+    assert core.decoder is not None and not core.decoder.adapting
+    before = {k: v.copy() for k, v in core.decoder.state_dict().items()}
+    core.control(Control(ControlOp.ADAPT, enabled=True))
+    assert core.decoder.adapting
+    for f in frames[1400:]:
+        core.accept(f)
+    after = core.decoder.state_dict()
+    assert core.counters["decoder_errors"] == 0
+    assert any(not np.array_equal(before[k], after[k]) for k in before), "nothing adapted"

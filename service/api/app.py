@@ -94,7 +94,7 @@ class TrainIn(BaseModel):
     source: str = Field(..., description="contdata95 | mc_maze_small | peyrache_hd, or the "
                                          "path of a .splog recording", min_length=1,
                         max_length=1000)
-    kind: Literal["snn", "kalman", "wiener"] = "snn"
+    kind: Literal["snn", "gru", "lstm", "kalman", "wiener"] = "snn"
     epochs: int | None = Field(None, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**31)
     replace: bool = Field(False, description="Train over a stored model of this name")

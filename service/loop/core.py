@@ -227,6 +227,7 @@ class SessionCore:
         self._cal_handed = False
         self._base_ns: int | None = None  # session clock = base + index * bin
         self._backwards_run = 0
+        self._adapt_cols: np.ndarray | None = None  # behaviour columns, decoder's order
         self._clock_jumps_seen = 0
         self._result = BinResult()
         self._stream = cfg.source.stream
@@ -333,9 +334,16 @@ class SessionCore:
             self._set_state(SessionState.RUNNING)
 
     def _set_adaptation(self) -> None:
-        set_adaptation = getattr(self.decoder, "set_adaptation", None)
-        if set_adaptation is not None:
-            set_adaptation(self.adapt)
+        """Adaptation on/off at the decoder, with the behaviour columns it learns from."""
+        dec = self.decoder
+        if dec is None:
+            return
+        dec.set_adaptation(self.adapt)
+        names = list(dec.output_names)
+        if self.truth_names and names and all(n in self.truth_names for n in names):
+            self._adapt_cols = np.array([self.truth_names.index(n) for n in names])
+        else:  # unnamed: the behaviour's columns in order, when the count matches
+            self._adapt_cols = None
 
     def _apply_scheduled(self, k: int) -> None:
         """Verify/simulation: what the recording says happened before bin ``k``."""
@@ -372,6 +380,7 @@ class SessionCore:
             if not self.truth_names:
                 self.truth_names = list(h.extra.get("names") or
                                         [f"x{i}" for i in range(h.channels)])
+                self._set_adaptation()  # the names map behaviour onto decoder outputs
             self.truth = msg.values
             self.truth_t_ns = h.t_ns
             self.counters["behavior_frames"] += 1
@@ -536,7 +545,8 @@ class SessionCore:
             if not np.isfinite(out).all():
                 raise FloatingPointError("decoder output is not finite")
             if self.adapt and r.truth is not None:
-                dec.adapt(r.truth)
+                cols = self._adapt_cols
+                dec.adapt(r.truth if cols is None else r.truth[cols])
             return out
         except Exception as exc:  # a faulty decoder drives the stimulator safe, not the loop down
             r.error = f"decoder error: {type(exc).__name__}: {exc}"

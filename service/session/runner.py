@@ -513,8 +513,8 @@ class SessionRunner:
             return {"ok": True, "limits": limits.model_dump()}
         if cmd == "adapt":
             core.control(Control(ControlOp.ADAPT, by=by, enabled=bool(req.get("enabled", True))))
-            return {"ok": True, "adapt": core.adapt, "adapting": bool(
-                getattr(core.decoder, "adapting", core.adapt and core.decoder is not None))}
+            return {"ok": True, "adapt": core.adapt,
+                    "adapting": core.decoder is not None and core.decoder.adapting}
         if cmd == "model":
             core.install(self._load_model(str(req["name"])))
             self._after_install()
@@ -553,6 +553,7 @@ class SessionRunner:
             "decoder": dec.metadata() if dec is not None else None,
             "outputs": self.output_names,
             "adapt": core.adapt,
+            "adapting": dec is not None and dec.adapting,
             "recording": str(self.recording_path) if self.recording_path else None,
             "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
