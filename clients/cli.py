@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -390,7 +391,7 @@ def _follow(sc, every: int, should_stop=lambda: False) -> None:
             if n % every == 0:
                 dec = " ".join(f"{v:7.2f}" for v in u.decoded[-2:])
                 tru = " ".join(f"{v:7.2f}" for v in u.truth[-2:]) if u.truth is not None else ""
-                score = " ".join(f"{v:5.2f}" for v in r2.r2()[-2:])
+                score = " ".join("   --" if math.isnan(v) else f"{v:5.2f}" for v in r2.r2()[-2:])
                 typer.echo(f"bin {u.seq:6d}  decoded v [{dec}]  true v [{tru}]  R² [{score}]")
     except KeyboardInterrupt:
         pass
@@ -615,7 +616,6 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         })
         sid = s["id"]
         s = client.start(sid)
-        typer.echo(f"API {api}  dashboard {api}/  API docs {api}/docs", err=True)
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
                    f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
         t_end = time.monotonic() + seconds if seconds else None
