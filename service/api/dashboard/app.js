@@ -237,7 +237,7 @@ function draw() {
 
 function r2Text(dec) {
   const pts = dec.filter((p) => p.truth && p.truth.length === p.d.length);
-  if (pts.length < 10) return "";
+  if (pts.length < 100) return "";  // as the CLI (clients/stream.py RunningR2): too few bins mean nothing
   const names = S.outputNames.length ? S.outputNames : pts[0].d.map((_, i) => "out" + i);
   return "R² over the last 20 s: " + names.map((name, i) => {
     const mean = pts.reduce((a, p) => a + p.truth[i], 0) / pts.length;
