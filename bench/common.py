@@ -494,6 +494,43 @@ def _api_load(url: str, rps: float, seconds: float) -> None:
                       "rps": (n_ok + n_err) / max(time.monotonic() - t0, 1e-9)}))
 
 
+def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
+    """Unauthenticated pressure on the control plane (the security probe's): ``sockets``
+    idle WebSocket attempts held open, and 1 MiB+ bodies without a token, for ``seconds``;
+    meanwhile the slowest /healthz answer. Prints one JSON line."""
+    import httpx
+    from websockets.sync.client import connect
+
+    ws_url = base.replace("http://", "ws://") + f"/sessions/{sid}/stream"
+    held, refused = [], 0
+    for _ in range(sockets):
+        try:
+            held.append(connect(ws_url, open_timeout=5))
+        except Exception:
+            refused += 1
+    big = b"x" * (2 << 20)
+    worst = 0.0
+    bodies = 0
+    t_end = time.monotonic() + seconds
+    with httpx.Client(base_url=base, timeout=10) as h:
+        while time.monotonic() < t_end:
+            h.post("/sessions", content=big, headers={"content-type": "application/json"})
+            bodies += 1
+            t0 = time.monotonic()
+            h.get("/healthz")
+            worst = max(worst, time.monotonic() - t0)
+            time.sleep(0.05)
+    for ws in held:
+        ws.close()
+    print(json.dumps({"websockets_open": len(held), "websockets_refused": refused,
+                      "oversize_bodies": bodies, "healthz_worst_s": worst}))
+
+
+def start_hostile_load(base: str, sid: str, sockets: int, seconds: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, HERE, "--hostile", base, sid, str(sockets),
+                             str(seconds)], stdout=subprocess.PIPE, text=True)
+
+
 def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, HERE, "--load", url, str(rps), str(seconds)],
                             stdout=subprocess.PIPE, text=True)
@@ -573,6 +610,8 @@ def helper_main(argv: list[str]) -> bool:
         _echo(argv[1], argv[2], int(argv[3]) if len(argv) > 3 else 0)
     elif argv[:1] == ["--load"]:
         _api_load(argv[1], float(argv[2]), float(argv[3]))
+    elif argv[:1] == ["--hostile"]:
+        _hostile_load(argv[1], argv[2], int(argv[3]), float(argv[4]))
     elif argv[:1] == ["--probe"]:
         _platform_probe(int(argv[1]), int(argv[2]), int(argv[3]), argv[4])
     elif argv[:1] == ["--sink"]:

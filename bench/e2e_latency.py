@@ -51,6 +51,7 @@ from common import (  # noqa: E402
     sleep_until,
     stage_means,
     start_api_load,
+    start_hostile_load,
     wait_running,
 )
 
@@ -62,7 +63,8 @@ from sources.motor import MotorCortexSim  # noqa: E402
 def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: float,
         warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0,
         dump: Path | None = None, cpu_dma_latency_us: int | None = None,
-        probe: bool = False, session_cpu: int | None = None) -> dict:
+        probe: bool = False, session_cpu: int | None = None,
+        hostile_sockets: int = 0) -> dict:
     eps = Endpoints(transport)
     server = Server()
     ctx = zmq.Context.instance()
@@ -110,6 +112,10 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         if api_load:
             load = start_api_load(f"{server.url}/sessions/{sid}", api_load, seconds + 2)
             time.sleep(1.0)
+        hostile = None
+        if hostile_sockets:
+            hostile = start_hostile_load(server.url, sid, hostile_sockets, seconds + 2)
+            time.sleep(3.0)  # the sockets are open before the measured bins
         n_bins = int(seconds * 1000 / bin_ms)
         client = np.full(n_bins, -1, np.int64)
         sent = np.zeros(n_bins, np.int64)
@@ -132,6 +138,10 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         load_report = None
         if load is not None:
             load_report = json.loads(load.communicate(timeout=30)[0].strip().splitlines()[-1])
+        hostile_report = None
+        if hostile is not None:
+            hostile_report = json.loads(
+                hostile.communicate(timeout=60)[0].strip().splitlines()[-1])
         internal = np.asarray(c.http.get(f"/sessions/{sid}/latency").json()["e2e_ns"],
                               np.int64)[-n_bins:]
         metrics = c.metrics(sid)
@@ -151,6 +161,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "session_bins_total": metrics["counters"].get("bins", 0) - base,
             "session_missed_bins": metrics["counters"].get("missed_bins", 0),
             "api_load_rps": api_load, "api_load": load_report,
+            "hostile_sockets": hostile_sockets, "hostile": hostile_report,
             "stage_mean_us": stage_means(metrics),
             "events_per_bin_mean": float(channels * 12 * bin_ms / 1000),
         }
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--api-load", type=float, default=0.0, help="REST requests/s from another "
                                                                  "process")
+    ap.add_argument("--hostile-sockets", type=int, default=0, metavar="N",
+                    help="meanwhile, N unauthenticated idle WebSockets held open and "
+                         "oversize bodies posted from another process (security probe)")
     ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
                     help="source, output and floor on tcp://127.0.0.1 or ipc:// (same run)")
     ap.add_argument("--rt-priority", type=int, default=0,
@@ -251,6 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
               rt_priority=a.rt_priority, dump=a.dump,
               cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe,
+              hostile_sockets=a.hostile_sockets,
               session_cpu=a.session_cpu)
     return report(res, print_table, a.json)
 

@@ -29,6 +29,7 @@ from sources.base import SimSource
 class SimSessionResult:
     bins: int = 0
     decoded: list[np.ndarray | None] = field(default_factory=list)
+    truth: list[np.ndarray | None] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
     commands: list[dict[str, Any] | None] = field(default_factory=list)
     source_seconds: float = 0.0
@@ -61,6 +62,7 @@ class _SimSink(RecorderSink):
         assert r.outcome is not None
         res.bins += 1
         res.decoded.append(None if r.decoded is None else r.decoded.copy())
+        res.truth.append(None if r.truth is None else np.array(r.truth, float))
         res.statuses.append(r.outcome.status)
         cmd = r.outcome.command
         res.commands.append(None if cmd is None else dict(
