@@ -11,8 +11,9 @@ in, starting from the fitted filter (:class:`~decoders.recalibration.LinearRLS`,
 regressor = [standardised history, 1]); its initial P is the inverse of
 the ridge the fit chose (``adapt_delta=None``), so the first few hundred
 bins cannot override the fitted filter with noise. A bin costs O(d²) with
-d = history x channels + 1 (about 0.1 ms for 5 x 96 channels); above
-``adapt_max_dim`` only the most recent lags that fit are recalibrated.
+d = history x channels + 1 (step + adapt about 0.2 ms median for 5 x 96
+channels on this machine, measured under load); above ``adapt_max_dim`` only
+the most recent lags that fit (at least the last bin) are recalibrated.
 """
 
 from __future__ import annotations
