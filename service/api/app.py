@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import zmq
@@ -21,13 +20,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Web
 from fastapi.responses import FileResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
 from service import __version__
 from service.api.auth import ensure_admin_token, hash_token
 from service.api.guard import RequestGuard
 from service.api.models import ModelJobs
+from service.api.schemas import AdaptIn, ArmOut, ModelIn, ReplayIn, SessionOut, TrainIn
+from service.api.settings import Settings
 from service.api.ui import mount_ui, wait_closed
 from service.cluster.redis_streams import redact
 from service.recording import storage
@@ -44,67 +44,7 @@ from service.session.store import Store
 from service.wire import protocol as P
 from stim.limits import SafetyLimits
 
-
-@dataclass
-class Settings:
-    data_dir: Path
-    auth: bool = True
-    stop_sessions_on_shutdown: bool = True
-    redis_url: str | None = None  # sessions run on workers registered in this Redis
-    worker_timeout_s: float = 5.0  # heartbeat age after which a worker is lost
-    max_body_bytes: int = 1 << 20  # request bodies (configs, limits) are small
-    max_websockets: int = 64  # live streams at once, all sessions together
-    public_outputs: bool = False  # let sessions bind their output beyond loopback
-    max_sessions: int = 16  # session processes on this host at once
-
-
-# ---------------------------------------------------------------------- schemas
-class SessionOut(BaseModel):
-    id: str
-    name: str
-    state: str = Field(description="created | starting | calibrating | running | stopped | failed")
-    error: str
-    pid: int | None
-    created_at: float
-    updated_at: float
-    config: dict[str, Any]
-    output_endpoint: str | None
-    recording: str | None
-    worker: str | None = Field(None, description="The worker running it (None: this host)")
-    live: dict[str, Any] | None = Field(None, description="Status from the running process")
-
-
-class AdaptIn(BaseModel):
-    enabled: bool = True
-
-
-class ModelIn(BaseModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$",
-                      description="A stored model (GET /models)")
-
-
-class ReplayIn(BaseModel):
-    speed: float | None = Field(1.0, gt=0, le=10_000,
-                                description="x real time; null = as fast as possible")
-    session: dict[str, Any] | None = Field(None, description="Session config overrides")
-
-
-class TrainIn(BaseModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-    source: str = Field(..., description="contdata95 | mc_maze_small | peyrache_hd, or the "
-                                         "path of a .splog recording", min_length=1,
-                        max_length=1000)
-    kind: Literal["snn", "kalman", "wiener"] = "snn"
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    seed: int = Field(0, ge=0, le=2**31)
-    replace: bool = Field(False, description="Train over a stored model of this name")
-
-    model_config = {"json_schema_extra": {"examples": [
-        {"name": "monkey-snn", "source": "contdata95", "kind": "snn", "epochs": 60}]}}
-
-
-class ArmOut(BaseModel):
-    armed: bool
+__all__ = ["Settings", "create_app"]
 
 
 # ---------------------------------------------------------------------- metrics
