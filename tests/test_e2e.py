@@ -301,8 +301,13 @@ def test_stream_thins_decoded_bins_but_never_a_safety_event(server):
     flagged = ("clamped", "refused", "safe")
     recorded = {r.value.index for r in read_log(final["recording"], {RecordType.BIN})
                 if r.value.index in span and r.value.outcome["status"] in flagged}
+    # The physical monitor may clamp what the guard sent (a backlog on a loaded machine):
+    # those bins are flagged on the stream and recorded as monitor events.
+    monitored = {r.value["bin"] for r in read_log(final["recording"], {RecordType.EVENT})
+                 if "monitor" in r.value}
     streamed = {m["bin"] for m in stim if m["bin"] in span and m["status"] in flagged}
-    assert len(recorded) > 10 and streamed == recorded
+    assert len(recorded) > 10 and recorded <= streamed
+    assert streamed - recorded <= monitored
     assert len({m["bin"] for m in stim if m["bin"] in span}) < len(span)  # others thinned
 
 

@@ -3,35 +3,34 @@
 Reads are open on the loopback interface; anything that changes a session
 needs a token with the ``control`` scope, and anything that can change
 stimulation (arming, limits) needs ``stim``.
+
+``create_app`` builds the objects the routes use and puts them on ``app.state``
+(``service.api.deps`` reads them from there); the routes are in ``service.api.routes``,
+one router per group, and the request/response bodies in ``service.api.schemas``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import numpy as np
-import zmq
-import zmq.asyncio
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, WebSocket
-from fastapi.responses import FileResponse, JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-from pydantic import BaseModel, Field
-from starlette.websockets import WebSocketDisconnect
 
 from service import __version__
 from service.api.auth import ensure_admin_token, hash_token
 from service.api.guard import RequestGuard
 from service.api.models import ModelJobs
-from service.api.ui import mount_ui, wait_closed
+from service.api.routes import models as models_routes
+from service.api.routes import ops, recordings, sessions, stimulation, stream
+from service.api.settings import Settings
+from service.api.ui import mount_ui
 from service.cluster.redis_streams import redact
-from service.recording import storage
-from service.session.config import SessionConfig
 from service.session.control import SessionUnreachable
 from service.session.manager import (
     ACTIVE,
@@ -42,69 +41,8 @@ from service.session.manager import (
 )
 from service.session.store import Store
 from service.wire import protocol as P
-from stim.limits import SafetyLimits
 
-
-@dataclass
-class Settings:
-    data_dir: Path
-    auth: bool = True
-    stop_sessions_on_shutdown: bool = True
-    redis_url: str | None = None  # sessions run on workers registered in this Redis
-    worker_timeout_s: float = 5.0  # heartbeat age after which a worker is lost
-    max_body_bytes: int = 1 << 20  # request bodies (configs, limits) are small
-    max_websockets: int = 64  # live streams at once, all sessions together
-    public_outputs: bool = False  # let sessions bind their output beyond loopback
-    max_sessions: int = 16  # session processes on this host at once
-
-
-# ---------------------------------------------------------------------- schemas
-class SessionOut(BaseModel):
-    id: str
-    name: str
-    state: str = Field(description="created | starting | calibrating | running | stopped | failed")
-    error: str
-    pid: int | None
-    created_at: float
-    updated_at: float
-    config: dict[str, Any]
-    output_endpoint: str | None
-    recording: str | None
-    worker: str | None = Field(None, description="The worker running it (None: this host)")
-    live: dict[str, Any] | None = Field(None, description="Status from the running process")
-
-
-class AdaptIn(BaseModel):
-    enabled: bool = True
-
-
-class ModelIn(BaseModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$",
-                      description="A stored model (GET /models)")
-
-
-class ReplayIn(BaseModel):
-    speed: float | None = Field(1.0, gt=0, le=10_000,
-                                description="x real time; null = as fast as possible")
-    session: dict[str, Any] | None = Field(None, description="Session config overrides")
-
-
-class TrainIn(BaseModel):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
-    source: str = Field(..., description="contdata95 | mc_maze_small | peyrache_hd, or the "
-                                         "path of a .splog recording", min_length=1,
-                        max_length=1000)
-    kind: Literal["snn", "gru", "lstm", "kalman", "wiener"] = "snn"
-    epochs: int | None = Field(None, ge=1, le=10_000)
-    seed: int = Field(0, ge=0, le=2**31)
-    replace: bool = Field(False, description="Train over a stored model of this name")
-
-    model_config = {"json_schema_extra": {"examples": [
-        {"name": "monkey-snn", "source": "contdata95", "kind": "snn", "epochs": 60}]}}
-
-
-class ArmOut(BaseModel):
-    armed: bool
+__all__ = ["Settings", "create_app"]
 
 
 # ---------------------------------------------------------------------- metrics
@@ -178,6 +116,77 @@ def mount_docs(app: FastAPI) -> None:
             swagger_favicon_url="/docs/static/favicon-32x32.png")
 
 
+# ---------------------------------------------------------------------- errors
+async def _not_found(request: Request, exc: SessionNotFound) -> JSONResponse:
+    return JSONResponse({"detail": f"no session with id {exc.args[0]!r}; "
+                                   "GET /sessions lists them"}, status_code=404)
+
+
+async def _invalid(request: Request, exc: InvalidConfig) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+async def _conflict(request: Request, exc: SessionError) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
+    """Redis between the control plane and its workers failed: a one-line reason,
+    503 (unreachable) or 504 (timed out), never a 500 with a traceback."""
+    import redis
+
+    settings: Settings = request.app.state.settings
+    timeout = isinstance(exc, redis.TimeoutError)
+    what = "timed out" if timeout else "is unreachable"
+    return JSONResponse(
+        {"detail": f"Redis at {redact(settings.redis_url or '')} {what} "
+                   f"({type(exc).__name__}: {exc}); the workers' sessions run on, "
+                   "retry when Redis is back"}, status_code=504 if timeout else 503)
+
+
+async def _unreachable(request: Request, exc: SessionUnreachable) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=504)
+
+
+# ---------------------------------------------------------------------- lifespan
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    manager: SessionManager = app.state.manager
+    settings: Settings = app.state.settings
+    app.state.reattach = await asyncio.to_thread(manager.reattach)
+    watch = (asyncio.create_task(_watch_workers(manager, settings.worker_timeout_s))
+             if app.state.cluster is not None else None)
+    sync = asyncio.create_task(_reconcile(manager))
+    yield
+    sync.cancel()
+    if watch is not None:
+        watch.cancel()
+    if settings.stop_sessions_on_shutdown:
+        await asyncio.to_thread(manager.stop_all)
+    await asyncio.to_thread(app.state.models.stop_all)
+    app.state.store.close()
+
+
+async def _reconcile(manager: SessionManager) -> None:
+    """Keep the store in step with the session processes (GETs only read)."""
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(manager.reconcile)
+        except Exception as exc:  # keep reconciling; say what failed
+            log.warning("reconcile failed: %s", exc)
+
+
+async def _watch_workers(manager: SessionManager, worker_timeout_s: float) -> None:
+    """Fail over lost workers' sessions, twice per heartbeat timeout."""
+    while True:
+        await asyncio.sleep(min(0.5, worker_timeout_s / 4))
+        try:
+            await asyncio.to_thread(manager.check_workers)
+        except Exception as exc:  # Redis down: keep watching, say so
+            log.warning("worker check failed: %s", exc)
+
+
 # ---------------------------------------------------------------------- app
 def create_app(settings: Settings) -> FastAPI:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -196,38 +205,6 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(SessionCollector(manager))
 
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        app.state.reattach = await asyncio.to_thread(manager.reattach)
-        watch = asyncio.create_task(_watch_workers()) if cluster is not None else None
-        sync = asyncio.create_task(_reconcile())
-        yield
-        sync.cancel()
-        if watch is not None:
-            watch.cancel()
-        if settings.stop_sessions_on_shutdown:
-            await asyncio.to_thread(manager.stop_all)
-        await asyncio.to_thread(models.stop_all)
-        store.close()
-
-    async def _reconcile() -> None:
-        """Keep the store in step with the session processes (GETs only read)."""
-        while True:
-            await asyncio.sleep(1.0)
-            try:
-                await asyncio.to_thread(manager.reconcile)
-            except Exception as exc:  # keep reconciling; say what failed
-                log.warning("reconcile failed: %s", exc)
-
-    async def _watch_workers() -> None:
-        """Fail over lost workers' sessions, twice per heartbeat timeout."""
-        while True:
-            await asyncio.sleep(min(0.5, settings.worker_timeout_s / 4))
-            try:
-                await asyncio.to_thread(manager.check_workers)
-            except Exception as exc:  # Redis down: keep watching, say so
-                log.warning("worker check failed: %s", exc)
-
     app = FastAPI(
         title="spikeloop",
         version=__version__,
@@ -243,318 +220,27 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestGuard, token_known=token_known if settings.auth else None,
                        max_body=settings.max_body_bytes, max_websockets=settings.max_websockets)
     app.state.manager = manager
+    app.state.models = models
+    app.state.store = store
     app.state.settings = settings
+    app.state.cluster = cluster
     app.state.token_path = token_path
+    app.state.registry = registry
 
-    # ------------------------------------------------------------------ auth
-    def check_scope(authorization: str | None, scope: str) -> None:
-        """Raise 401/403 unless ``authorization`` carries a token with ``scope``."""
-        if not settings.auth:
-            return
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise HTTPException(
-                401, f"this call needs a token with the '{scope}' scope: send "
-                     f"'Authorization: Bearer <token>' (admin token: {token_path})",
-                headers={"WWW-Authenticate": "Bearer"})
-        scopes = store.token_scopes(hash_token(authorization[7:].strip()))
-        if scopes is None:
-            raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
-        if scope not in scopes:
-            raise HTTPException(403, f"token lacks the '{scope}' scope (has {scopes})")
-
-    def require(scope: str):
-        def dep(authorization: str | None = Header(None, description="Bearer <token>")) -> None:
-            check_scope(authorization, scope)
-        return Depends(dep)
-
-    def stim_limits_need_stim(limits: Any, authorization: str | None) -> None:
-        """Safety limits other than the server's defaults are a stimulation decision: they
-        need the ``stim`` scope wherever they come in (create, replay), as in PUT /limits."""
-        if limits is None:
-            return
-        try:
-            custom = SafetyLimits.model_validate(limits) != SafetyLimits()
-        except ValueError:  # invalid limits are refused further on, with their reason
-            custom = True
-        if custom:
-            try:
-                check_scope(authorization, "stim")
-            except HTTPException as exc:
-                raise HTTPException(exc.status_code, f"stim.limits other than the defaults: "
-                                                     f"{exc.detail}") from None
-
-    # ------------------------------------------------------------------ errors
-    @app.exception_handler(SessionNotFound)
-    async def _not_found(request: Request, exc: SessionNotFound):
-        return JSONResponse({"detail": f"no session with id {exc.args[0]!r}; "
-                                       "GET /sessions lists them"}, status_code=404)
-
-    @app.exception_handler(InvalidConfig)
-    async def _invalid(request: Request, exc: InvalidConfig):
-        return JSONResponse({"detail": str(exc)}, status_code=422)
-
-    @app.exception_handler(SessionError)
-    async def _conflict(request: Request, exc: SessionError):
-        return JSONResponse({"detail": str(exc)}, status_code=409)
-
+    # app.exception_handler(...)(f), as the decorator does: add_exception_handler's
+    # annotation would take only handlers of any Exception
+    app.exception_handler(SessionNotFound)(_not_found)
+    app.exception_handler(InvalidConfig)(_invalid)
+    app.exception_handler(SessionError)(_conflict)
     if settings.redis_url:
         import redis
 
-        @app.exception_handler(redis.RedisError)
-        async def _redis_down(request: Request, exc: redis.RedisError):
-            """Redis between the control plane and its workers failed: a one-line reason,
-            503 (unreachable) or 504 (timed out), never a 500 with a traceback."""
-            timeout = isinstance(exc, redis.TimeoutError)
-            what = "timed out" if timeout else "is unreachable"
-            return JSONResponse(
-                {"detail": f"Redis at {redact(settings.redis_url or '')} {what} "
-                           f"({type(exc).__name__}: {exc}); the workers' sessions run on, "
-                           "retry when Redis is back"}, status_code=504 if timeout else 503)
+        app.exception_handler(redis.RedisError)(_redis_down)
+    app.exception_handler(SessionUnreachable)(_unreachable)
 
-    @app.exception_handler(SessionUnreachable)
-    async def _unreachable(request: Request, exc: SessionUnreachable):
-        return JSONResponse({"detail": str(exc)}, status_code=504)
-
-    # ------------------------------------------------------------------ health
-    @app.get("/healthz", tags=["ops"])
-    def healthz() -> dict[str, Any]:
-        return {"ok": True, "version": __version__}
-
-    @app.get("/workers", tags=["ops"])
-    def workers() -> dict[str, Any]:
-        """Workers registered in Redis (scale-out), and the recent failovers."""
-        if cluster is None:
-            return {"redis": None, "workers": [], "failovers": []}
-        return {"redis": redact(settings.redis_url or ""),
-                "workers": [w.as_dict() for w in cluster.workers()],
-                "failovers": list(manager.failovers)}
-
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/keys/public", tags=["ops"])
-    def service_public_key() -> dict[str, str]:
-        """The CurveZMQ public key sessions use: allow it at a secured source, and give it to
-        stimulators that connect to a secured output."""
-        from service.wire.curve import ensure_cert, public_key
-
-        _, secret = ensure_cert(manager.keys_dir, "session")
-        return {"public_key": public_key(secret)}
-
-    # ------------------------------------------------------------------ sessions
-    @app.get("/sessions", response_model=list[SessionOut], tags=["sessions"])
-    def list_sessions():
-        return manager.list()
-
-    @app.post("/sessions", response_model=SessionOut, status_code=201, tags=["sessions"],
-              dependencies=[require("control")])
-    def create_session(config: SessionConfig, authorization: str | None = Header(None)):
-        stim_limits_need_stim(config.stim.limits, authorization)
-        return manager.create(config)
-
-    @app.get("/sessions/{sid}", response_model=SessionOut, tags=["sessions"])
-    def get_session(sid: str):
-        return manager.get(sid)
-
-    @app.post("/sessions/{sid}/start", response_model=SessionOut, tags=["sessions"],
-              dependencies=[require("control")])
-    def start_session(sid: str):
-        return manager.start(sid)
-
-    @app.post("/sessions/{sid}/stop", response_model=SessionOut, tags=["sessions"],
-              dependencies=[require("control")])
-    def stop_session(sid: str):
-        return manager.stop(sid)
-
-    @app.delete("/sessions/{sid}", status_code=204, tags=["sessions"],
-                dependencies=[require("control")])
-    def delete_session(sid: str) -> Response:
-        manager.delete(sid)
-        return Response(status_code=204)
-
-    @app.get("/sessions/{sid}/metrics", tags=["sessions"])
-    def session_metrics(sid: str) -> dict[str, Any]:
-        return manager.control(sid, {"cmd": "metrics"})["metrics"]
-
-    @app.get("/sessions/{sid}/latency", tags=["sessions"])
-    def session_latency(sid: str) -> dict[str, Any]:
-        """Raw end-to-end samples (frame received -> stim sent, ns) of the last bins."""
-        _, extra = manager.control(sid, {"cmd": "latency"}, timeout_ms=5000, with_extra=True)
-        return {"e2e_ns": np.frombuffer(extra[0], np.int64).tolist()}
-
-    @app.post("/sessions/{sid}/adapt", tags=["sessions"], dependencies=[require("control")])
-    def set_adapt(sid: str, body: AdaptIn) -> dict[str, Any]:
-        """Online recalibration on or off, from the next bin (the decoder adapts towards
-        the behaviour topic; ``adapting`` says whether the installed decoder does)."""
-        reply = manager.control(sid, {"cmd": "adapt", "enabled": body.enabled})
-        return {"adapt": reply["adapt"], "adapting": reply["adapting"]}
-
-    @app.post("/sessions/{sid}/model", tags=["sessions"], dependencies=[require("control")])
-    def swap_model(sid: str, body: ModelIn) -> dict[str, Any]:
-        """Install a stored model in a running session from the next bin (recorded, so
-        verify reproduces the swap). Refused with the reason when the model does not fit
-        the session's channels or its policy."""
-        return {"decoder": manager.control(sid, {"cmd": "model", "name": body.name})["decoder"]}
-
-    # ------------------------------------------------------------------ stimulation
-    @app.post("/sessions/{sid}/arm", response_model=ArmOut, tags=["stimulation"],
-              dependencies=[require("stim")])
-    def arm(sid: str):
-        return {"armed": manager.control(sid, {"cmd": "arm"})["armed"]}
-
-    @app.post("/sessions/{sid}/disarm", response_model=ArmOut, tags=["stimulation"],
-              dependencies=[require("stim")])
-    def disarm(sid: str):
-        return {"armed": manager.control(sid, {"cmd": "disarm"})["armed"]}
-
-    @app.get("/sessions/{sid}/audit", tags=["stimulation"])
-    def audit_log(sid: str, limit: int = Query(200, ge=1, le=100_000),
-                  status: str | None = Query(None, description="sent|clamped|refused|safe")
-                  ) -> list[dict[str, Any]]:
-        """The session's audit log, newest last: every stim outcome (identical runs collapsed
-        into a ``repeated`` line) and every control event (arm, disarm, limits, state)."""
-        from stim.audit import read_audit
-
-        manager.get(sid)  # 404 for an unknown session
-        path = manager.audit_dir / f"{sid}.audit.jsonl"
-        if not path.exists():
-            return []
-        if status:  # filtering needs the whole file; without it read only the tail
-            return [r for r in read_audit(path) if r.get("status") == status][-limit:]
-        return read_audit(path, last=limit)
-
-    @app.get("/sessions/{sid}/limits", response_model=SafetyLimits, tags=["stimulation"])
-    def get_limits(sid: str):
-        row = manager.get(sid)
-        if row["live"] and "limits" in row["live"]:
-            return row["live"]["limits"]
-        return row["config"]["stim"]["limits"]
-
-    @app.put("/sessions/{sid}/limits", response_model=SafetyLimits, tags=["stimulation"],
-             dependencies=[require("stim")])
-    def put_limits(sid: str, limits: SafetyLimits):
-        return manager.set_limits(sid, limits)
-
-    # ------------------------------------------------------------------ models
-    @app.get("/models", tags=["models"])
-    def list_models() -> list[dict[str, Any]]:
-        """Stored decoders (by name, usable as a session's ``decoder.model``) and jobs."""
-        return models.list()
-
-    @app.get("/models/{name}", tags=["models"])
-    def get_model(name: str) -> dict[str, Any]:
-        try:
-            return models.get(name)
-        except (KeyError, ValueError):
-            raise HTTPException(404, f"no model {name!r}; GET /models lists them") from None
-
-    @app.post("/models", status_code=202, tags=["models"], dependencies=[require("control")])
-    def train_model(body: TrainIn) -> dict[str, Any]:
-        """Train a decoder in a separate process; poll GET /models/{name} for progress."""
-        try:
-            return models.train(body.name, body.source, body.kind, body.epochs, body.seed,
-                                body.replace)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except RuntimeError as exc:
-            raise HTTPException(409, str(exc)) from None
-
-    @app.delete("/models/{name}/job", tags=["models"], dependencies=[require("control")])
-    def cancel_training(name: str) -> dict[str, Any]:
-        """Cancel a running training job."""
-        try:
-            return models.cancel(name)
-        except KeyError as exc:
-            raise HTTPException(404, f"{exc.args[0]}; GET /models lists the jobs") from None
-
-    @app.delete("/models/{name}", status_code=204, tags=["models"],
-                dependencies=[require("control")])
-    def delete_model(name: str) -> Response:
-        try:
-            models.delete(name)
-        except (KeyError, ValueError):
-            raise HTTPException(404, f"no model {name!r}; GET /models lists them") from None
-        return Response(status_code=204)
-
-    # ------------------------------------------------------------------ recordings
-    @app.get("/recordings", tags=["recordings"])
-    def list_recordings() -> list[dict[str, Any]]:
-        """Session logs and NWB exports, newest first, with size, duration and session."""
-        return [r.to_dict() for r in storage.list_recordings(manager.recordings_dir)]
-
-    @app.get("/recordings/{name}", tags=["recordings"], response_class=FileResponse)
-    def download_recording(name: str):
-        path = _recording(name)
-        return FileResponse(path, filename=path.name, media_type="application/octet-stream")
-
-    @app.post("/recordings/{name}/replay", response_model=SessionOut, status_code=201,
-              tags=["recordings"], dependencies=[require("control")])
-    def replay_recording(name: str, body: ReplayIn, authorization: str | None = Header(None)):
-        """Start a new session fed by this recording (its own config unless overridden)."""
-        stim_limits_need_stim(((body.session or {}).get("stim") or {}).get("limits"),
-                              authorization)
-        return manager.replay(_recording(name), body.speed, body.session)
-
-    def _recording(name: str) -> Path:
-        try:
-            return storage.resolve_recording(manager.recordings_dir, name)
-        except (FileNotFoundError, ValueError) as exc:
-            raise HTTPException(404, f"{exc}; GET /recordings lists them") from None
-
-    # ------------------------------------------------------------------ stream
-    @app.websocket("/sessions/{sid}/stream")
-    async def stream(ws: WebSocket, sid: str, every: int = Query(1, ge=1, le=10_000)):
-        """Decoded outputs (every ``every``-th bin), stim commands and heartbeats as JSON."""
-        try:
-            row = manager.get(sid)
-        except SessionNotFound:
-            await ws.close(code=4404, reason=f"no session {sid}")
-            return
-        if row["state"] not in ACTIVE or not row["output_endpoint"]:
-            await ws.close(code=4409, reason=f"session is {row['state']}")
-            return
-        await ws.accept()
-        ctx = zmq.asyncio.Context.instance()
-        sub = ctx.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 10_000)
-        for topic in (b"decoded", b"stim", b"heartbeat"):
-            sub.setsockopt(zmq.SUBSCRIBE, topic)
-        sub.connect(row["output_endpoint"])
-        closed = asyncio.create_task(wait_closed(ws))
-        counts = {P.KIND_DECODED: 0, P.KIND_STIM: 0}
-        try:
-            # Poll with a timeout: a session that stops sends nothing more, and a browser
-            # that leaves is only noticed by `closed`; neither may hang the handler.
-            while not closed.done():
-                if not await sub.poll(500):
-                    st = await asyncio.to_thread(manager.store.get_session, sid)
-                    if st is None or st["state"] not in ACTIVE:
-                        await ws.close(code=1000, reason="session ended")
-                        break
-                    continue
-                msg = P.decode(await sub.recv_multipart())
-                h = msg.header
-                # Decimate decoded bins and routine stim messages; never heartbeats, and
-                # never a safety event (clamped, refused, safe): the operator must see them.
-                if h.kind in counts and (h.kind == P.KIND_DECODED or
-                                         h.extra.get("status") in ("sent", "hold")):
-                    counts[h.kind] += 1
-                    if counts[h.kind] % every:
-                        continue
-                if h.kind == P.KIND_DECODED:
-                    await ws.send_json({"kind": h.kind, "bin": h.seq, "t_ns": h.t_ns,
-                                        "decoded": np.asarray(msg.values).tolist(),
-                                        "names": h.extra.get("names"),
-                                        "truth": h.extra.get("truth")})
-                else:
-                    await ws.send_json({"kind": h.kind, "t_ns": h.t_ns, **h.extra})
-        except (WebSocketDisconnect, RuntimeError, ConnectionError):
-            pass
-        finally:
-            closed.cancel()
-            sub.close(0)
+    for router in (ops.router, sessions.router, stimulation.router, models_routes.router,
+                   recordings.router, stream.router):
+        app.include_router(router)
 
     mount_ui(app, manager)  # operator dashboard at /ui/ (static page + raster WebSocket)
     return app
