@@ -130,7 +130,8 @@ class Decoder(ABC):
         """Write ``<path>.npz`` (weights) and ``<path>.json`` (metadata)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path.with_suffix(".npz"), **self.state_dict())
+        # numpy's stub types **kwds as if a key could be allow_pickle (bool); ours are arrays
+        np.savez(path.with_suffix(".npz"), **self.state_dict())  # type: ignore[arg-type]
         meta = self.metadata() | (extra_meta or {})
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2, default=float))
         return path.with_suffix(".json")

@@ -30,6 +30,13 @@ class BetaPowerDecoder(Decoder):
                  band_hz: tuple[float, float] = (13.0, 30.0), order: int = 2,
                  window_ms: float = 200.0, rate_window_ms: float = 100.0,
                  rate_channels: list[int] | None = None, scale: float = 1.0):
+        self._init(n_inputs, bin_ms, band_hz, order, window_ms, rate_window_ms, rate_channels,
+                   scale)
+
+    def _init(self, n_inputs: int, bin_ms: float, band_hz: tuple[float, float], order: int,
+              window_ms: float, rate_window_ms: float, rate_channels: list[int] | None,
+              scale: float) -> None:
+        """Set the parameters and build the filter (``__init__``, ``load_state_dict``)."""
         self.n_inputs = int(n_inputs)
         self.n_outputs = 2
         self.output_names = ["beta_power", "rate_hz"]
@@ -113,8 +120,9 @@ class BetaPowerDecoder(Decoder):
         return {"sos": np.asarray(self.sos), "scale": np.array([self.scale])}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(n_inputs=meta["n_inputs"], bin_ms=meta["bin_ms"],
-                      band_hz=tuple(meta["band_hz"]), order=meta["order"],
-                      window_ms=meta["window_ms"], rate_window_ms=meta["rate_window_ms"],
-                      rate_channels=meta.get("rate_channels"),
-                      scale=float(state["scale"][0]))
+        band = meta["band_hz"]
+        self._init(n_inputs=meta["n_inputs"], bin_ms=meta["bin_ms"],
+                   band_hz=(band[0], band[1]), order=meta["order"],
+                   window_ms=meta["window_ms"], rate_window_ms=meta["rate_window_ms"],
+                   rate_channels=meta.get("rate_channels"),
+                   scale=float(state["scale"][0]))

@@ -43,6 +43,11 @@ class KalmanDecoder(Decoder):
     def __init__(self, steady_state: bool = True, ridge: float = 1e-3, lag: int | str = 0,
                  adapt_lam: float = 0.999, adapt_delta: float = 1.0, adapt_refresh: int = 1,
                  adapt_riccati: int = 2):
+        self._init(steady_state, ridge, lag, adapt_lam, adapt_delta, adapt_refresh, adapt_riccati)
+
+    def _init(self, steady_state: bool, ridge: float, lag: int | str, adapt_lam: float,
+              adapt_delta: float, adapt_refresh: int, adapt_riccati: int) -> None:
+        """Set the hyper-parameters and clear fitted state (``__init__``, ``load_state_dict``)."""
         self.steady_state = steady_state
         self.ridge = ridge
         self.adapt_lam, self.adapt_delta = float(adapt_lam), float(adapt_delta)
@@ -52,7 +57,7 @@ class KalmanDecoder(Decoder):
         # bins by which neural activity leads behaviour; "auto" picks 0..3 on held-out data
         self.lag_choice = lag
         self.lag = 0 if lag == "auto" else int(lag)
-        self.output_names = []
+        self.output_names: list[str] = []
 
     # --------------------------------------------------------------- fitting
     def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
@@ -179,11 +184,13 @@ class KalmanDecoder(Decoder):
         if not np.isfinite(z).all():
             return  # the target is the regressor here: no partial update
         z /= self._x_sd
-        W = self.rls.W
+        rls = self.rls
+        assert rls is not None, "set_adaptation(True) creates rls before _adapt_on is set"
+        W = rls.W
         np.dot(W, self._zs, out=self._pred_n)
         np.subtract(self._used, self._y_ref, out=self._err_n)
         self._err_n -= self._pred_n
-        self.rls.update(self._zs, self._err_n)
+        rls.update(self._zs, self._err_n)
         np.divide(W[:, :K], self._x_sd, out=self.H)
         np.add(self._y_ref, W[:, K], out=self.y_mean)
         self._since += 1
@@ -219,9 +226,12 @@ class KalmanDecoder(Decoder):
                 for k in ("A", "W", "H", "Q", "P0", "x_mean", "y_mean")}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0),
-                      **{k: meta[k] for k in ("adapt_lam", "adapt_delta", "adapt_refresh",
-                                              "adapt_riccati") if k in meta})
+        # __init__'s defaults stand in for keys that older model files lack
+        opts: dict[str, Any] = {"adapt_lam": 0.999, "adapt_delta": 1.0, "adapt_refresh": 1,
+                                "adapt_riccati": 2}
+        opts |= {k: meta[k] for k in opts if k in meta}
+        self._init(meta.get("steady_state", True), meta.get("ridge", 1e-3), meta.get("lag", 0),
+                   **opts)
         for k, v in state.items():
             setattr(self, k, np.asarray(v, float))
         self._restore_metadata(meta)

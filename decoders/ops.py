@@ -17,6 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Decoder
+from .rnn import GRUDecoder, LSTMDecoder
+from .snn import SNNDecoder
+from .wiener import WienerDecoder
 
 PJ_PER_AC = 0.9
 PJ_PER_MAC = 4.6
@@ -34,7 +37,8 @@ def count_ops(decoder: Decoder, counts: np.ndarray) -> dict[str, float]:
     counts = np.asarray(counts, float)
     K = decoder.n_outputs
     input_sparsity = float((counts == 0).mean())
-    if decoder.kind == "snn":
+    # dispatch on the concrete classes (each registers exactly one ``kind``)
+    if isinstance(decoder, SNNDecoder):
         kp = decoder.kparams
         H = kp["alpha"].shape[0]
         fan_in = int(np.count_nonzero(kp["w_in"][:, 0])) if "alpha_d" in kp else kp[
@@ -49,7 +53,7 @@ def count_ops(decoder: Decoder, counts: np.ndarray) -> dict[str, float]:
         if "w_a" in kp:
             mac += H * K  # so is the readout of the adaptation traces
         sparsity = float(1.0 - s.mean())
-    elif decoder.kind in ("gru", "lstm"):
+    elif isinstance(decoder, (GRUDecoder, LSTMDecoder)):
         # input layer like the SNN's (a count of 1 is an AC); the recurrent and
         # readout layers see the dense hidden state: one MAC per weight
         H, G = decoder.H, decoder.gates
@@ -58,7 +62,7 @@ def count_ops(decoder: Decoder, counts: np.ndarray) -> dict[str, float]:
         nz_h = float((h != 0).sum(1).mean())
         mac += nz_h * (G * H + K)
         sparsity = float((h == 0).mean())
-    elif decoder.kind == "wiener":
+    elif isinstance(decoder, WienerDecoder):
         ac, mac = _split(counts, decoder.history * K)
         sparsity = 0.0
     else:  # kalman and other dense linear decoders: centred inputs are dense

@@ -86,6 +86,10 @@ class _RNNDecoder(Decoder):
     }
 
     def __init__(self, **params: Any):
+        self._init(params)
+
+    def _init(self, params: dict[str, Any]) -> None:
+        """Set the hyper-parameters and clear fitted state (``__init__``, ``load_state_dict``)."""
         unknown = set(params) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"unknown {self.kind} parameters {sorted(unknown)}")
@@ -191,10 +195,12 @@ class _RNNDecoder(Decoder):
     def adapt(self, target: np.ndarray) -> None:
         if not self._adapt_on:
             return
+        rls = self.rls
+        assert rls is not None, "set_adaptation(True) creates rls before _adapt_on is set"
         self._z[:-1] = self.h
-        self.rls.update(self._z, self._adapt_target(target) - self.y)
-        self.w_out[:] = self.rls.W[:, :-1]
-        self.b_out[:] = self.rls.W[:, -1]
+        rls.update(self._z, self._adapt_target(target) - self.y)
+        self.w_out[:] = rls.W[:, :-1]
+        self.b_out[:] = rls.W[:, -1]
         # this bin's output as the recalibrated readout gives it (like the SNN's RLS)
         np.dot(self.w_out, self.h, out=self.y)
         self.y += self.b_out
@@ -214,7 +220,7 @@ class _RNNDecoder(Decoder):
         return {k: np.asarray(v) for k, v in self.kparams.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(**meta.get("params", {}))
+        self._init(dict(meta.get("params", {})))
         self.kparams = {k: np.asarray(v, np.float64) for k, v in state.items()}
         self._restore_metadata(meta)
         self._prepare()

@@ -36,6 +36,8 @@ def _log_uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
 class SNNNet(nn.Module):
     """Trainable network; inputs and targets are standardised (z-scored)."""
 
+    mask: Tensor  # buffer registered in __init__ (nn.Module.__getattr__ is typed loosely)
+
     def __init__(self, n_in: int, n_out: int, hidden: int = 256, branches: int = 1,
                  recurrent: bool = True, tau_mem: tuple[float, float] = (1.0, 20.0),
                  tau_adapt: tuple[float, float] = (5.0, 100.0), tau_out: float = 2.0,
@@ -54,7 +56,7 @@ class SNNNet(nn.Module):
             pick = torch.randint(branches, (hidden, n_in), generator=g)
             mask = (pick.unsqueeze(0) == torch.arange(branches).view(-1, 1, 1)).float()
             self.register_buffer("mask", mask.reshape(bh, n_in))
-            self.log_tau_d = nn.Parameter(torch.log(
+            self.log_tau_d: nn.Parameter | None = nn.Parameter(torch.log(
                 _log_uniform(bh, 1.0, tau_mem[1], g)).view(branches, hidden))
         else:
             self.register_buffer("mask", torch.ones(1, 1))
@@ -91,12 +93,13 @@ class SNNNet(nn.Module):
         w_rec = self.w_recurrent()
         st = nr.ALIFState(x.new_zeros(B, H), x.new_zeros(B, H), x.new_zeros(B, H))
         d = x.new_zeros(B, self.branches, H) if self.branches > 1 else None
-        alpha_d = nr.decay(self.log_tau_d.exp()) if d is not None else None
+        alpha_d = nr.decay(self.log_tau_d.exp()) if self.log_tau_d is not None else None
         y = x.new_zeros(B, self.n_out)
         ys, ss = [], []
         for t in range(T):
             cur = cur_all[:, t]
             if d is not None:
+                assert alpha_d is not None, "branches > 1 always creates log_tau_d"
                 d = nr.dendrite_step(cur.view(B, self.branches, H), d, alpha_d)
                 cur = d.sum(1)
             if w_rec is not None:  # recurrent input lands on the soma
@@ -169,6 +172,9 @@ class SNNKernel:
             torch.mv(self.w_in, self.x, out=cur)
             cur.add_(self.b_in)
             if self.d is not None:
+                # branches > 1: export_kernel_params always writes alpha_d, so all are set
+                assert self.alpha_d is not None and self.oma_d is not None
+                assert self.dtmp is not None
                 self.d.mul_(self.alpha_d)
                 torch.mul(self.oma_d, cur.view(self.D, self.H), out=self.dtmp)
                 self.d.add_(self.dtmp)
@@ -218,6 +224,7 @@ class SNNKernel:
             for t in range(len(X)):
                 cur = torch.mv(self.w_in, X[t]) + self.b_in
                 if d is not None:
+                    assert self.alpha_d is not None, "branches > 1 always has alpha_d"
                     d = nr.dendrite_step(cur.view(D, H), d, self.alpha_d)
                     cur = torch.sum(d, 0)
                 if self.w_rec is not None:
@@ -251,8 +258,9 @@ def export_kernel_params(net: SNNNet, mu: np.ndarray, sd: np.ndarray, ymu: np.nd
              "b_out": net.b_out.double().numpy() * ysd + ymu,
              "kappa": nr.decay(net.log_tau_o.exp()).double().numpy(),
              "y0": np.asarray(ymu, float)}
-        if net.w_rec is not None:
-            p["w_rec"] = net.w_recurrent().double().numpy()
+        w_rec = net.w_recurrent()  # None exactly when net.w_rec is None
+        if w_rec is not None:
+            p["w_rec"] = w_rec.double().numpy()
         if net.w_a is not None:
             p["w_a"] = net.w_a.double().numpy() * ysd[:, None]
         if net.log_tau_d is not None:
@@ -276,13 +284,17 @@ class SNNDecoder(Decoder):
     }
 
     def __init__(self, **params: Any):
+        self._init(params)
+
+    def _init(self, params: dict[str, Any]) -> None:
+        """Set the hyper-parameters and clear fitted state (``__init__``, ``load_state_dict``)."""
         unknown = set(params) - set(self.DEFAULTS)
         if unknown:
             raise ValueError(f"unknown SNN parameters {sorted(unknown)}")
         self.params = self.DEFAULTS | params
         self.output_names = []
         self.history: list[dict[str, float]] = []
-        self.adapter = None
+        self.adapter: ReadoutRLS | None = None
 
     # --------------------------------------------------------------- fitting
     def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
@@ -402,7 +414,7 @@ class SNNDecoder(Decoder):
         return {k: np.asarray(v) for k, v in self.kparams.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(**meta.get("params", {}))
+        self._init(dict(meta.get("params", {})))
         self.kparams = {k: np.asarray(v, np.float64) for k, v in state.items()}
         self._restore_metadata(meta)
         self._prepare()

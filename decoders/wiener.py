@@ -18,6 +18,7 @@ the most recent lags that fit (at least the last bin) are recalibrated.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,17 +43,22 @@ class WienerDecoder(Decoder):
     kind = "wiener"
     supports_adapt = True
 
-    def __init__(self, history: int = 5, alpha: float | list[float] = (1.0, 10.0, 100.0, 1e3,
-                                                                             1e4),
+    def __init__(self, history: int = 5,
+                 alpha: float | Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4),
                  adapt_lam: float = 0.999, adapt_delta: float | None = None,
                  adapt_max_dim: int = 1025):
+        self._init(history, alpha, adapt_lam, adapt_delta, adapt_max_dim)
+
+    def _init(self, history: int, alpha: float | Sequence[float], adapt_lam: float,
+              adapt_delta: float | None, adapt_max_dim: int) -> None:
+        """Set the hyper-parameters and clear fitted state (``__init__``, ``load_state_dict``)."""
         self.history = int(history)
         self.alpha = alpha
         self.adapt_lam = float(adapt_lam)
         # RLS prior strength on the fitted weights; None = the fitted ridge alpha
         self.adapt_delta = None if adapt_delta is None else float(adapt_delta)
         self.adapt_max_dim = int(adapt_max_dim)
-        self.output_names = []
+        self.output_names: list[str] = []
         self.rls: LinearRLS | None = None
         self._adapt_on = False
 
@@ -67,7 +73,7 @@ class WienerDecoder(Decoder):
         self.mu = C.mean(0)
         self.sd = C.std(0) + 1e-3
         X = _lagged((C - self.mu) / self.sd, self.history)
-        alphas = [self.alpha] if np.isscalar(self.alpha) else list(self.alpha)
+        alphas = list(self.alpha) if isinstance(self.alpha, Iterable) else [self.alpha]
         if len(alphas) > 1:  # pick alpha on the last 20 % (contiguous, no leakage forward)
             cut = int(0.8 * len(X))
             scores = [self._score(X[:cut], Y[:cut], X[cut:], Y[cut:], a) for a in alphas]
@@ -142,15 +148,17 @@ class WienerDecoder(Decoder):
         """RLS step on the (standardised) weights for the last stepped bin."""
         if not self._adapt_on:
             return
+        rls = self.rls
+        assert rls is not None, "set_adaptation(True) creates rls before _adapt_on is set"
         a0, d = self._a0, len(self._z) - 1
         z = self._z[:-1]
         np.subtract(self._window[a0:], self._mu_t, out=z)
         z *= self._isd_t
-        self.rls.update(self._z, self._adapt_target(target) - self._out)
-        self.W[:, a0:] = self.rls.W[:, :d]
-        self.b[:] = self.rls.W[:, d]
+        rls.update(self._z, self._adapt_target(target) - self._out)
+        self.W[:, a0:] = rls.W[:, :d]
+        self.b[:] = rls.W[:, d]
         # refold the standardisation (as _prepare does) for the adapted columns
-        np.multiply(self.rls.W[:, :d], self._isd_t, out=self._Wraw[:, a0:])
+        np.multiply(rls.W[:, :d], self._isd_t, out=self._Wraw[:, a0:])
         np.dot(self._Wraw, self._mu_all, out=self._bk)
         np.subtract(self.b, self._bk, out=self._braw)
 
@@ -171,9 +179,10 @@ class WienerDecoder(Decoder):
         return {"W": self.W.copy(), "b": self.b.copy(), "mu": self.mu, "sd": self.sd}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
-        self.__init__(int(meta["history"]), float(meta["alpha"]),
-                      **{k: meta[k] for k in ("adapt_lam", "adapt_delta", "adapt_max_dim")
-                         if k in meta})
+        # __init__'s defaults stand in for keys that older model files lack
+        opts: dict[str, Any] = {"adapt_lam": 0.999, "adapt_delta": None, "adapt_max_dim": 1025}
+        opts |= {k: meta[k] for k in opts if k in meta}
+        self._init(int(meta["history"]), float(meta["alpha"]), **opts)
         self.alpha_ = float(meta["alpha"])
         for k, v in state.items():
             setattr(self, k, np.asarray(v, float))
