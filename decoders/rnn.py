@@ -22,6 +22,7 @@ Online recalibration: recursive least squares on the linear readout
 from __future__ import annotations
 
 import logging
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -171,8 +172,9 @@ class _RNNDecoder(Decoder):
         np.copyto(self._out, self.y)
         return self._out
 
-    def _cell(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def _cell(self) -> None:
+        """The gate arithmetic of one step on the preallocated buffers (GRU or LSTM)."""
 
     def hidden_states(self, counts: np.ndarray) -> np.ndarray:
         """Hidden state after every bin (T, H) from a fresh state (for op counting)."""
