@@ -68,10 +68,6 @@ class SessionState(enum.StrEnum):
     STOPPED = "stopped"
     FAILED = "failed"
 
-    @property
-    def active(self) -> bool:
-        return self in (SessionState.CALIBRATING, SessionState.RUNNING)
-
 
 class ControlOp(enum.StrEnum):
     ARM = "arm"
