@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from service import __version__
 from service.api.auth import ensure_admin_token, hash_token
@@ -58,7 +63,7 @@ class SessionCollector:
     def __init__(self, manager: SessionManager):
         self.manager = manager
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         lat = HistogramMetricFamily("spikeloop_stage_latency_seconds",
                                     "Per-stage loop latency", labels=["session", "stage"])
         bins = CounterMetricFamily("spikeloop_bins", "Bins decoded", labels=["session"])
