@@ -46,12 +46,14 @@ def _on(msg: dict) -> bool:
         (cmd.get("amplitude_ma") or cmd.get("power_mw") or 0) > 0
 
 
-#: an armed DBS session and an armed optogenetic one (light trains on decoded velocity)
+#: an armed DBS session and an armed optogenetic one
 STIM = {"dbs": {"modality": "dbs",
                 "policy": {"type": "speed_to_dbs", "gain_ma_per_cm_s": 0.2}},
+        # a clamp asking for light on every bin (its target is far above the decoded value),
+        # so "resumes" measures the loop, not when an event-triggered policy next fires
         "opto": {"modality": "opto",
-                 "policy": {"type": "event_light", "index": 2, "threshold": 0.0,
-                            "train_ms": 100, "refractory_ms": 200, "power_mw": 2.0}}}
+                 "policy": {"type": "opto_rate_clamp", "index": 2, "target_hz": 1000.0,
+                            "max_power_mw": 2.0}}}
 
 
 def _wait_on(sc: StreamClient, what: str, timeout_s: float = 30) -> dict:
