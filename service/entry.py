@@ -15,6 +15,22 @@ from service.wire.net import is_loopback
 
 DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
 
+#: The Redis password kept out of URLs (and out of ``ps``): a file readable by this user only.
+REDIS_PASSWORD_FILE = typer.Option(
+    None, "--redis-password-file", envvar="SPIKELOOP_REDIS_PASSWORD_FILE",
+    help="File holding the Redis password (mode 600); sessions get it from this process, "
+         "never from their config")
+
+
+def _share_redis_password(url: str | None, password_file: Path | None) -> None:
+    from service.cluster.redis_streams import share_password
+
+    try:
+        share_password(url, password_file)
+    except OSError as exc:
+        typer.echo(f"--redis-password-file: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
 
 def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopback by default)"),
           port: int = typer.Option(8000, help="HTTP port"),
@@ -28,7 +44,8 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
           public_outputs: bool = typer.Option(False, "--public-outputs",
                                               help="Let sessions bind their output beyond "
                                                    "loopback (tcp://0.0.0.0:PORT)"),
-          max_sessions: int = typer.Option(16, min=1, help="Sessions running here at once")):
+          max_sessions: int = typer.Option(16, min=1, help="Sessions running here at once"),
+          redis_password_file: Path | None = REDIS_PASSWORD_FILE):
     """Run the control plane (FastAPI + uvicorn).
 
     Example: spikeloop serve --port 8000 --data-dir var
@@ -38,6 +55,7 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
 
     from service.api.app import Settings, create_app
 
+    _share_redis_password(redis, redis_password_file)
     if no_auth and not is_loopback(host):
         typer.echo(f"refusing to serve on {host} without authentication: drop --no-auth "
                    "or bind to 127.0.0.1", err=True)
@@ -65,7 +83,8 @@ def worker(redis: str = typer.Option(..., help="The control plane's Redis (redis
                                                            "output to (loopback by default)"),
            lease: float = typer.Option(3.0, help="Stop every session if Redis is unreachable "
                                                  "this long (keep below the control plane's "
-                                                 "--worker-timeout)")):
+                                                 "--worker-timeout)"),
+           redis_password_file: Path | None = REDIS_PASSWORD_FILE):
     """Run sessions that the control plane (spikeloop serve --redis URL) assigns to this host.
 
     Example: spikeloop worker --redis redis://10.0.0.5:6379/0 --label rig=rig-2 --capacity 4
@@ -73,6 +92,7 @@ def worker(redis: str = typer.Option(..., help="The control plane's Redis (redis
     os.umask(0o077)  # data files and sockets: readable by this user only
     from service.cluster.worker import run_worker
 
+    _share_redis_password(redis, redis_password_file)
     labels = {}
     for item in label:
         k, sep, v = item.partition("=")
@@ -102,7 +122,8 @@ def recorder_cmd(
         lease_s: float = typer.Option(10.0, help="After this long without renewal, another "
                                                  "recorder of the group takes a session over"),
         nwb: bool = typer.Option(True, "--nwb/--no-nwb", help="Export NWB when a recording "
-                                                              "ends")):
+                                                              "ends"),
+        redis_password_file: Path | None = REDIS_PASSWORD_FILE):
     """Write every mirrored session recording again, byte for byte, in one place.
 
     Sessions with redis.mirror_recording copy their log to Redis; this follows those
@@ -113,4 +134,5 @@ def recorder_cmd(
     os.umask(0o077)  # data files and sockets: readable by this user only
     from service.cluster.central_recorder import main as run_recorder
 
+    _share_redis_password(redis_url, redis_password_file)
     run_recorder(redis_url, out, group, consumer, lease_s, nwb)

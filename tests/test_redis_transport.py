@@ -24,7 +24,9 @@ from tests.helpers import (
     SimThread,
     free_port,
     start_redis,
+    start_server,
     stop_redis,
+    stop_server,
     wait_for,
 )
 
@@ -225,3 +227,45 @@ def test_unreachable_redis_fails_the_start_and_names_the_url(server):
         c.start(s["id"])
     assert f"cannot reach Redis at {url}" in str(e.value)
     assert c.session(s["id"])["state"] == "failed"
+
+
+def test_a_password_protected_redis_is_used_with_the_servers_secret_and_shown_nowhere(
+        tmp_path):
+    """The password lives in the server's password file (0600) and reaches the session
+    through its environment: not in the session config, the database, the recording, the
+    session's status and log, or anything else in the data dir."""
+    secret = "pw-" + os.urandom(8).hex()
+    redis_srv = start_redis(tmp_path / "redis", password=secret)
+    bare_url = f"redis://127.0.0.1:{redis_srv.port}/0"
+    pw_file = tmp_path / "redis.pw"
+    pw_file.write_text(secret + "\n")
+    pw_file.chmod(0o644)
+    refused = subprocess.run([PY, "-m", "clients.cli", "serve", "--data-dir", str(tmp_path / "x"),
+                              "--port", str(free_port()), "--redis-password-file", str(pw_file)],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr
+    pw_file.chmod(0o600)
+    srv = start_server(tmp_path / "data", extra=("--redis-password-file", str(pw_file)))
+    pub = _publisher(redis_srv.url, "rig3")  # the source has its own credentials
+    try:
+        c = srv.client()
+        with SimThread(seed=23, publisher=pub):
+            cfg = _cfg(bare_url, "rig3")
+            cfg["redis"]["mirror_recording"] = True
+            sid = c.start(c.create_session(cfg)["id"])["id"]
+            live = _until(c, sid, lambda x: x["state"] == "running" and x["bins"] > 100,
+                          "decoding from the password-protected Redis")
+            assert live["redis"]["mirror"]["sent"] > 0
+            shown = str(c.session(sid)) + c.prometheus()
+            c.stop(sid)
+        assert secret not in shown
+        r = connect(redis_srv.url, socket_timeout=5)
+        assert r.xlen(Keys.output(sid)) > 0, "the session wrote to Redis with the server's secret"
+        r.close()
+    finally:
+        stop_server(srv)
+        stop_redis(redis_srv)
+    files = [p for p in (tmp_path / "data").rglob("*") if p.is_file()]
+    assert any(p.suffix == ".splog" for p in files)
+    holding = [str(p) for p in files if secret.encode() in p.read_bytes()]
+    assert not holding, f"the Redis password was written to {holding}"

@@ -167,12 +167,13 @@ def test_create_refuses_a_policy_the_models_outputs_cannot_feed(server):
     assert c.http.post("/sessions", json=ok).status_code == 201
 
 
-def test_put_limits_keeps_the_stored_redis_password(server):
+def test_a_redis_password_in_a_session_config_is_refused_with_the_fix(server):
+    """A password in redis.url would be stored with the session and copied into its
+    recording: the server's own password file is the place for it."""
     c = server.client()
-    cfg = _cfg("tcp://127.0.0.1:1", redis={"url": "redis://:s3cret@127.0.0.1:1/0"})
-    sid = c.create_session(cfg)["id"]
-    assert "s3cret" not in str(c.session(sid))
-    c.set_limits(sid, {"max_amplitude_ma": 1.0})
+    for url in ("redis://:s3cret@127.0.0.1:1/0", "redis://127.0.0.1:1/0?password=s3cret"):
+        r = c.http.post("/sessions", json=_cfg("tcp://127.0.0.1:1", redis={"url": url}))
+        assert r.status_code == 422, r.text
+        assert "--redis-password-file" in r.text and "s3cret" not in r.text
     with sqlite3.connect(server.data_dir / "spikeloop.db") as db:
-        stored = db.execute("SELECT config FROM sessions WHERE id = ?", (sid,)).fetchone()[0]
-    assert "redis://:s3cret@127.0.0.1:1/0" in stored and '"max_amplitude_ma": 1.0' in stored
+        assert db.execute("SELECT count(*) FROM sessions").fetchone()[0] == 0

@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
@@ -149,6 +151,13 @@ async def _redis_down(request: Request, exc: Exception) -> JSONResponse:
                    "retry when Redis is back"}, status_code=504 if timeout else 503)
 
 
+async def _unprocessable(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, with each rejected value that holds a password shown redacted."""
+    errors = [e | {"input": redact(e["input"])} if isinstance(e.get("input"), str) else e
+              for e in exc.errors()]
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
 async def _unreachable(request: Request, exc: SessionUnreachable) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=504)
 
@@ -236,6 +245,7 @@ def create_app(settings: Settings) -> FastAPI:
     # annotation would take only handlers of any Exception
     app.exception_handler(SessionNotFound)(_not_found)
     app.exception_handler(InvalidConfig)(_invalid)
+    app.exception_handler(RequestValidationError)(_unprocessable)
     app.exception_handler(SessionError)(_conflict)
     if settings.redis_url:
         import redis

@@ -12,10 +12,19 @@ so a frame read from Redis is decoded by the same code as one read from a socket
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 PREFIX = "spikeloop"
+
+#: The Redis password of this host's processes. It comes from the host's own settings (the
+#: password in ``serve --redis``/``worker --redis``, or ``--redis-password-file``), reaches
+#: session processes through their environment, and is never written into a session config,
+#: a recording or a status: session configs hold Redis URLs without credentials.
+PASSWORD_ENV = "SPIKELOOP_REDIS_PASSWORD"
 
 
 def connect(url: str, *, socket_timeout: float | None, socket_connect_timeout: float = 2.0,
@@ -29,6 +38,8 @@ def connect(url: str, *, socket_timeout: float | None, socket_connect_timeout: f
     """
     import redis
 
+    if not has_secret(url) and os.environ.get(PASSWORD_ENV):
+        kwargs.setdefault("password", os.environ[PASSWORD_ENV])
     client = redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                   socket_connect_timeout=socket_connect_timeout, **kwargs)
     try:
@@ -52,6 +63,44 @@ def redact(url: str) -> str:
 
 #: a password given as a query parameter of a Redis URL
 _QUERY_SECRET = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def has_secret(url: str) -> bool:
+    """Whether ``url`` carries a password (``redis://[user]:pw@host`` or ``?password=``)."""
+    return password_of(url) is not None
+
+
+def password_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.password:
+        return parts.password
+    found = re.search(r"[?&]password=([^&#]*)", parts.query and f"?{parts.query}", re.IGNORECASE)
+    return found.group(1) if found and found.group(1) else None
+
+
+def without_secret(url: str) -> str:
+    """``url`` with its password removed (user name and everything else kept)."""
+    scheme, sep, rest = url.partition("://")
+    rest = re.sub(r"([?&])password=[^&#]*&?", r"\1", rest, flags=re.IGNORECASE).rstrip("?&")
+    cred, at, host = rest.rpartition("@")
+    if not at:
+        return f"{scheme}{sep}{rest}"
+    user = cred.split(":", 1)[0]
+    return f"{scheme}{sep}{user + '@' if user else ''}{host}"
+
+
+def share_password(url: str | None, password_file: Path | None = None) -> None:
+    """Make this host's Redis password (from its own ``url`` or from ``password_file``)
+    the one its session processes use (:data:`PASSWORD_ENV`, inherited by children)."""
+    secret = password_of(url) if url else None
+    if password_file is not None:
+        mode = password_file.stat().st_mode
+        if mode & 0o077:
+            raise PermissionError(f"{password_file} is readable by other users (mode "
+                                  f"{mode & 0o777:o}): chmod 600 it")
+        secret = password_file.read_text().strip() or None
+    if secret:
+        os.environ[PASSWORD_ENV] = secret
 
 
 class Keys:

