@@ -154,10 +154,14 @@ class Server:
             probe.close()
         return self
 
+    def token(self) -> str:
+        """The operator (admin) token the control plane wrote at start-up."""
+        return (self.data_dir / "admin.token").read_text().strip()
+
     def client(self):
         from clients.control import ControlClient
 
-        return ControlClient(self.url, (self.data_dir / "admin.token").read_text().strip())
+        return ControlClient(self.url, self.token())
 
     def start_session(self, c, config: dict) -> dict:
         """Create and start a session; its pid is remembered so ``stop()`` can reap it.
@@ -497,7 +501,8 @@ def _api_load(url: str, rps: float, seconds: float) -> None:
 def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
     """Unauthenticated pressure on the control plane (the security probe's): ``sockets``
     idle WebSocket attempts held open, and 1 MiB+ bodies without a token, for ``seconds``;
-    meanwhile the slowest /healthz answer. Prints one JSON line."""
+    meanwhile the slowest /healthz answer and, with the operator's token
+    (``SPIKELOOP_TOKEN``), how long ``disarm`` takes. Prints one JSON line."""
     import httpx
     from websockets.sync.client import connect
 
@@ -505,12 +510,16 @@ def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
     held, refused = [], 0
     for _ in range(sockets):
         try:
-            held.append(connect(ws_url, open_timeout=5))
+            # idle viewers: the library takes in everything, the program never reads
+            held.append(connect(ws_url, open_timeout=5, ping_interval=None, max_queue=None))
         except Exception:
             refused += 1
     big = b"x" * (2 << 20)
     worst = 0.0
     bodies = 0
+    disarm_s: list[float] = []
+    operator = {"Authorization": f"Bearer {os.environ['SPIKELOOP_TOKEN']}"} \
+        if os.environ.get("SPIKELOOP_TOKEN") else None
     t_end = time.monotonic() + seconds
     with httpx.Client(base_url=base, timeout=10) as h:
         while time.monotonic() < t_end:
@@ -519,16 +528,28 @@ def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
             t0 = time.monotonic()
             h.get("/healthz")
             worst = max(worst, time.monotonic() - t0)
+            if operator is not None:
+                t0 = time.monotonic()
+                r = h.post(f"/sessions/{sid}/disarm", headers=operator)
+                if r.status_code == 200:
+                    disarm_s.append(time.monotonic() - t0)
             time.sleep(0.05)
     for ws in held:
         ws.close()
+    d = np.asarray(disarm_s)
     print(json.dumps({"websockets_open": len(held), "websockets_refused": refused,
-                      "oversize_bodies": bodies, "healthz_worst_s": worst}))
+                      "oversize_bodies": bodies, "healthz_worst_s": worst,
+                      "disarms": int(d.size),
+                      "disarm_p50_s": float(np.median(d)) if d.size else None,
+                      "disarm_worst_s": float(d.max()) if d.size else None}))
 
 
-def start_hostile_load(base: str, sid: str, sockets: int, seconds: float) -> subprocess.Popen:
+def start_hostile_load(base: str, sid: str, sockets: int, seconds: float,
+                       token: str | None = None) -> subprocess.Popen:
+    """``token``: the operator's, to time ``disarm`` under the load."""
+    env = os.environ | ({"SPIKELOOP_TOKEN": token} if token else {})
     return subprocess.Popen([sys.executable, HERE, "--hostile", base, sid, str(sockets),
-                             str(seconds)], stdout=subprocess.PIPE, text=True)
+                             str(seconds)], stdout=subprocess.PIPE, text=True, env=env)
 
 
 def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:

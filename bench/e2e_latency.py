@@ -114,7 +114,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             time.sleep(1.0)
         hostile = None
         if hostile_sockets:
-            hostile = start_hostile_load(server.url, sid, hostile_sockets, seconds + 2)
+            hostile = start_hostile_load(server.url, sid, hostile_sockets, seconds + 2,
+                                         token=server.token())
             time.sleep(3.0)  # the sockets are open before the measured bins
         n_bins = int(seconds * 1000 / bin_ms)
         client = np.full(n_bins, -1, np.int64)

@@ -32,6 +32,7 @@ from prometheus_client.core import (
 from service import __version__
 from service.api.auth import ensure_admin_token, hash_token
 from service.api.guard import RequestGuard
+from service.api.live import Fanout
 from service.api.models import ModelJobs
 from service.api.routes import models as models_routes
 from service.api.routes import ops, recordings, sessions, stimulation, stream
@@ -121,6 +122,25 @@ def mount_docs(app: FastAPI) -> None:
             swagger_js_url="/docs/static/swagger-ui-bundle.js",
             swagger_css_url="/docs/static/swagger-ui.css",
             swagger_favicon_url="/docs/static/favicon-32x32.png")
+
+
+class LiveCollector:
+    """The live WebSocket streams: shared feeds, their followers, messages they lost."""
+
+    def __init__(self, fanout: Fanout):
+        self.fanout = fanout
+
+    def collect(self) -> Iterator[Metric]:
+        feeds = GaugeMetricFamily("spikeloop_live_feeds", "Session sockets followed for "
+                                  "WebSocket streams (one subscriber each, however many "
+                                  "followers)")
+        feeds.add_metric([], len(self.fanout.feeds))
+        followers = GaugeMetricFamily("spikeloop_live_followers", "WebSocket streams open")
+        followers.add_metric([], self.fanout.followers())
+        dropped = CounterMetricFamily("spikeloop_live_dropped_messages", "Messages lost by "
+                                      "WebSocket followers that read too slowly (closed ones)")
+        dropped.add_metric([], self.fanout.dropped)
+        yield from (feeds, followers, dropped)
 
 
 # ---------------------------------------------------------------------- errors
@@ -218,6 +238,8 @@ def create_app(settings: Settings) -> FastAPI:
     token_path = ensure_admin_token(store, settings.data_dir) if settings.auth else None
     registry = CollectorRegistry()
     registry.register(SessionCollector(manager))
+    fanout = Fanout()
+    registry.register(LiveCollector(fanout))
 
     app = FastAPI(
         title="spikeloop",
@@ -240,6 +262,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.cluster = cluster
     app.state.token_path = token_path
     app.state.registry = registry
+    app.state.fanout = fanout
 
     # app.exception_handler(...)(f), as the decorator does: add_exception_handler's
     # annotation would take only handlers of any Exception

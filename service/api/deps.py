@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from starlette.requests import HTTPConnection
 
 from service.api.auth import hash_token
+from service.api.live import Fanout
 from service.api.models import ModelJobs
 from service.api.settings import Settings
 from service.cluster.registry import Cluster
@@ -48,6 +49,11 @@ async def get_token_path(conn: HTTPConnection) -> Path | None:
     return conn.app.state.token_path
 
 
+async def get_fanout(conn: HTTPConnection) -> Fanout:
+    """The live feeds that the WebSocket streams share (one per session and socket)."""
+    return conn.app.state.fanout
+
+
 async def get_registry(conn: HTTPConnection) -> CollectorRegistry:
     """The Prometheus registry served at /metrics."""
     return conn.app.state.registry
@@ -58,6 +64,7 @@ ModelsDep = Annotated[ModelJobs, Depends(get_models)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClusterDep = Annotated[Cluster | None, Depends(get_cluster)]
+FanoutDep = Annotated[Fanout, Depends(get_fanout)]
 TokenPathDep = Annotated[Path | None, Depends(get_token_path)]
 RegistryDep = Annotated[CollectorRegistry, Depends(get_registry)]
 

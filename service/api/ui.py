@@ -12,20 +12,25 @@ source's PUB socket sends one more copy of each frame.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import zmq
-import zmq.asyncio
 from fastapi import FastAPI, Query, WebSocket
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
+from service.api.live import (
+    Fanout,
+    FeedKey,
+    StreamEnded,
+    open_session_stream,
+    session_active,
+    wait_closed,
+)
 from service.session.config import SessionConfig
-from service.session.manager import ACTIVE, SessionManager, SessionNotFound
+from service.session.manager import SessionManager
 from service.wire import protocol as P
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -99,50 +104,27 @@ def mount_ui(app: FastAPI, manager: SessionManager) -> None:
                      hz: float = Query(10.0, gt=0, le=20),
                      max_events: int = Query(4000, ge=100, le=50_000)):
         """Spikes of the session's source, ``hz`` updates/s, at most ``max_events`` each."""
-        try:
-            row = manager.get(sid)
-        except SessionNotFound:
-            await ws.close(code=4404, reason=f"no session {sid}")
-            return
-        if row["state"] not in ACTIVE:  # never connect to a source no session listens to
-            await ws.close(code=4409, reason=f"session is {row['state']}")
+        row = await open_session_stream(ws, manager, sid)
+        if row is None:  # never connect to a source no session listens to
             return
         cfg = SessionConfig.model_validate(row["config"])
-        await ws.accept()
-        sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.RCVHWM, 10_000)  # a slow browser drops frames here, not upstream
-        sub.setsockopt(zmq.SUBSCRIBE, cfg.source.spikes_topic.encode())
-        sub.connect(cfg.source.endpoint)
+        fanout: Fanout = ws.app.state.fanout
+        key = FeedKey(sid, cfg.source.endpoint, (cfg.source.spikes_topic.encode(),))
         closed = asyncio.create_task(wait_closed(ws))
         batch = RasterBatch(max_events)
         loop = asyncio.get_running_loop()
         period = 1.0 / hz
         next_send = loop.time() + period
         try:
-            while not closed.done():
-                wait_ms = max(0.0, next_send - loop.time()) * 1000
-                if await sub.poll(wait_ms):
-                    for _ in range(10_000):  # bounded drain, then yield to the event loop
-                        try:
-                            frames = await sub.recv_multipart(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        with contextlib.suppress(P.ProtocolError):
-                            batch.add(P.decode(frames))
-                if loop.time() >= next_send:
-                    next_send = loop.time() + period
-                    await ws.send_json(batch.take())
-        except (WebSocketDisconnect, RuntimeError, ConnectionError):
+            async with fanout.follow(key, session_active(manager, sid)) as me:
+                while True:
+                    msg = await me.receive(closed, max(0.0, next_send - loop.time()))
+                    if msg is not None:
+                        batch.add(msg)
+                    if loop.time() >= next_send:
+                        next_send = loop.time() + period
+                        await ws.send_json(batch.take())
+        except (StreamEnded, WebSocketDisconnect, RuntimeError, ConnectionError):
             pass
         finally:
             closed.cancel()
-            sub.close(0)
-
-
-async def wait_closed(ws: WebSocket) -> None:
-    """Return when the browser goes away (it sends nothing on this socket)."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            if (await ws.receive())["type"] == "websocket.disconnect":
-                return
