@@ -363,6 +363,41 @@ def verify(recording: Path = typer.Argument(..., exists=True, help="A .splog ses
         raise typer.Exit(1)
 
 
+@app.command("check-source")
+def check_source(
+        endpoint: str = typer.Argument(..., help="The publisher's ZeroMQ endpoint, e.g. "
+                                                 "tcp://127.0.0.1:5555"),
+        seconds: float = typer.Option(10.0, min=0.1, help="How long to listen (wall clock)"),
+        channels: int | None = typer.Option(None, min=1, help="The session's channel count: "
+                                                              "also check ch against it"),
+        bin_ms: float | None = typer.Option(None, min=0.1, help="The session's bin: also "
+                                                                "check counts widths"),
+        reorder_tolerance_ms: float = typer.Option(0.0, min=0, help="The session's "
+                                                                    "source.reorder_tolerance_ms"),
+        spikes_topic: str = typer.Option("spikes"), behavior_topic: str = typer.Option("behavior"),
+        as_json: bool = typer.Option(False, "--json", help="The report as JSON")):
+    """Listen to a publisher and report every violation of docs/protocol.md, with its section.
+
+    Exits 1 when there is any violation (or no spikes message arrived), 0 otherwise.
+    Example: spikeloop check-source tcp://127.0.0.1:5555 --seconds 10 --channels 96
+    """
+    from service.wire.conformance import SourceCheck
+
+    from .check_source import format_report, listen
+
+    check = SourceCheck(spikes_topic.encode(), behavior_topic.encode(), channels,
+                        int(round(bin_ms * 1e6)) if bin_ms else None,
+                        int(reorder_tolerance_ms * 1e6))
+    listen(endpoint, seconds, check)
+    if as_json:
+        _print(check.report())
+    else:
+        for line in format_report(endpoint, seconds, check):
+            typer.echo(line)
+    if not check.ok:
+        raise typer.Exit(1)
+
+
 @app.command("export-nwb")
 def export_nwb_cmd(recording: Path = typer.Argument(..., exists=True, help="A .splog log"),
                    out: Path | None = typer.Argument(None, help="Output .nwb (default: beside)")):

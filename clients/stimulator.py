@@ -1,10 +1,12 @@
 """The stimulator side of a session: apply commands, fail safe when the service goes quiet.
 
-A lab wraps this around its stimulator driver. Every ``stim.command`` carries
-the command in force; heartbeats arrive every ``output.heartbeat_ms`` even when
-no bins flow. If neither arrives within ``deadline_ms`` (the service died, the
-network broke), the link calls ``on_safe`` once and reports ``lost``: the
-stimulator must go to its own safe state (light off, DBS to its fallback).
+A lab wraps this around its stimulator driver. A ``stim.command`` carries in
+``cmd`` what to apply now (none: keep the present state; docs/protocol.md §8.2)
+and in ``in_force`` the last command published; heartbeats arrive every
+``output.heartbeat_ms`` even when no bins flow. If neither arrives within
+``deadline_ms`` (the service died, the network broke), the link calls ``on_safe``
+once and reports ``lost``: the stimulator must go to its own safe state (light off,
+DBS to its fallback).
 
 Give it the ``session_id`` it serves: every stim and heartbeat message carries its
 session's id (the header's stream id), and messages of any other session are

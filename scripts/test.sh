@@ -23,6 +23,17 @@ if ! command -v redis-server >/dev/null; then
              "the scale-out tests will be skipped; install Debian's redis-server to run them" >&2
     fi
 fi
+# The C publisher's test builds clients/c/spike_publisher.c against Debian's libzmq and msgpack-c.
+if [ ! -f /usr/include/zmq.h ] || [ ! -f /usr/include/msgpack.h ] || ! command -v cc >/dev/null; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "[test] installing Debian's gcc, libzmq3-dev and libmsgpack-dev for the C publisher test"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libzmq3-dev libmsgpack-dev >/dev/null
+    else
+        echo "[test] a C compiler, zmq.h or msgpack.h is missing and apt-get (as root) is not" \
+             "available: the C publisher test will be skipped; install gcc, libzmq3-dev and" \
+             "libmsgpack-dev to run it" >&2
+    fi
+fi
 .venv/bin/ruff check .
 .venv/bin/mypy
 # The unit tests alone (in-process, about a minute): .venv/bin/python -m pytest -m unit

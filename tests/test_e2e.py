@@ -233,14 +233,23 @@ def test_websocket_stream_delivers_decoded_bins_and_closes_when_the_session_stop
         wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
         url = server.url.replace("http", "ws") + f"/sessions/{sid}/stream?every=5"
         with connect(url, open_timeout=10) as ws:
-            kinds, bins = set(), []
+            kinds, bins, out_seqs = set(), [], []
             while len(bins) < 20:
                 m = json.loads(ws.recv(timeout=10))
                 kinds.add(m["kind"])
+                assert m["session"] == sid  # docs/protocol.md §9: every message says whose
                 if m["kind"] == "decoded":
                     bins.append(m["bin"])
+                    assert m["seq"] == m["bin"]
                     assert len(m["decoded"]) == 4 and m["truth"] is not None
+                    assert m["names"] == m["truth_names"] == ["x", "y", "vx", "vy"]
+                else:  # stim.command and heartbeat share one output sequence
+                    out_seqs.append(m["seq"])
+                    if m["kind"] == "stim.command":
+                        assert set(m) >= {"status", "cmd", "in_force", "reasons", "bin",
+                                          "in_seq", "armed"}
             assert {"decoded", "stim.command"} <= kinds
+            assert out_seqs == sorted(set(out_seqs)) and out_seqs[0] >= 1
             assert set(np.diff(bins)) == {5}  # every 5th bin only
             c.stop(sid)
             with pytest.raises(ConnectionClosed):  # closed by the server, not a timeout

@@ -208,3 +208,18 @@ def test_event_times_must_lie_before_the_watermark_and_clock_fit_in_int64():
     assert _reason(f) == "event_time"
     assert _reason(_with_header(_events(), t_ns=2**64 - 1)) == "header_invalid"
     assert _reason(_with_header(_events(), seq=2**63)) == "header_invalid"
+
+
+def test_numpy_one_byte_spelling_is_accepted_and_other_spellings_are_named_in_the_refusal():
+    """numpy writes uint8 as '|u1' (``np.dtype('u1').str``); a publisher that sends what its
+    numpy says must not be refused. Big-endian and type names are not the wire's."""
+    counts = np.array([1, 0, 2, 255], np.uint8)
+    f = [bytes(x) for x in P.encode_array(b"spikes", P.KIND_COUNTS, "s", 0, 0, counts,
+                                          bin_ns=1_000_000)]
+    msg = P.decode(_with_header(f, dtype="|u1"))
+    assert msg.header.dtype == "<u1"
+    np.testing.assert_array_equal(msg.values, counts)
+    for bad in (">u2", "uint8", "u1"):
+        with pytest.raises(P.ProtocolError, match="not in") as e:
+            P.decode(_with_header(f, dtype=bad))
+        assert e.value.reason == "bad_dtype"

@@ -132,7 +132,7 @@ class StreamReader:
     def _forward(self, push: zmq.Socket, fields: dict) -> bool:
         """Hand one entry to the loop; False when stopping before it could be handed."""
         frames = fields_to_frames(fields)
-        if frames and not any(bytes(frames[0]).startswith(t) for t in self.topics):
+        if frames and bytes(frames[0]) not in self.topics:
             self.skipped += 1
             return True
         frames = frames or [b""]  # no f0: the loop rejects it as missing_frames

@@ -88,6 +88,7 @@ class LiveSink(RecorderSink):
                 b"decoded", P.KIND_DECODED, run.id, r.index, r.start_ns, r.decoded,
                 run.cfg.bin_ns,
                 {"truth": truth.tolist() if truth is not None else None,
+                 "truth_names": run.core.truth_names if truth is not None else None,
                  "names": run.output_names}), copy=False)
         m.stages["publish"].observe_ns(now_ns() - t_sent)
         run.audit.record(out)  # after the command and the decoded vector are out
@@ -151,6 +152,7 @@ class SessionRunner:
         self.watchdog = Watchdog(int(config.stim.limits.watchdog_ms * 1e6))
         self.watchdog.feed(now_ns())
         self._out_seq = 0
+        self._in_force: dict[str, Any] | None = None  # the last command published
         self._heartbeats = 0
         self.disarm_signalled = False  # SIGUSR1: the control plane's second path to disarm
         self.control_path = control_endpoint[len("ipc://"):] \
@@ -158,6 +160,8 @@ class SessionRunner:
         self._control_inode: int | None = None
         spikes_topic = config.source.spikes_topic.encode()
         behavior_topic = config.source.behavior_topic.encode()
+        self.topics = (spikes_topic, behavior_topic)
+        self.unmatched_topics: dict[bytes, int] = {}  # the first few topics nobody reads
 
         self.ctx: zmq.Context = zmq.Context.instance()
         self.control = self.ctx.socket(zmq.ROUTER)
@@ -211,8 +215,9 @@ class SessionRunner:
             self.ingest.setsockopt(zmq.LINGER, 0)
             if sec.source_public_key:
                 connect_curve(self.ingest, sec.source_public_key, secret)
-            self.ingest.setsockopt(zmq.SUBSCRIBE, spikes_topic)
-            self.ingest.setsockopt(zmq.SUBSCRIBE, behavior_topic)
+            # Every topic, so that frames on a topic the session does not read are counted
+            # (``unmatched_topic``) rather than silently filtered out by the SUB socket.
+            self.ingest.setsockopt(zmq.SUBSCRIBE, b"")
             self.ingest.connect(config.source.endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.ingest, zmq.POLLIN)
@@ -297,6 +302,10 @@ class SessionRunner:
                         frames = ingest.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    # (a lone frame is malformed whatever its topic: the core rejects it)
+                    if len(frames) > 1 and frames[0].bytes not in self.topics:
+                        self._unmatched(frames[0].bytes)
+                        continue
                     try:
                         self.core.accept(frames, now_ns())
                     except Exception as exc:  # a bug must not end the loop: safe, and say so
@@ -324,6 +333,17 @@ class SessionRunner:
                 if rec is not None and rec.error and self.state is SessionState.RUNNING:
                     self._fail(f"recording failed: {rec.error}")
         self._shutdown()
+
+    def _unmatched(self, topic: bytes) -> None:
+        """A frame on a topic that is neither the spikes nor the behaviour topic."""
+        self.metrics.counters["unmatched_topic"] += 1
+        if topic in self.unmatched_topics or len(self.unmatched_topics) < 8:
+            n = self.unmatched_topics[topic] = self.unmatched_topics.get(topic, 0) + 1
+            if n == 1:
+                log.warning("session %s: frames on topic %r are ignored: the session reads "
+                            "%r (spikes) and %r (behaviour); set source.spikes_topic / "
+                            "source.behavior_topic or publish on those", self.id, topic,
+                            *self.topics)
 
     def physical(self, od: dict[str, Any], out: Outcome, index: int, wall_ns: int
                  ) -> dict[str, Any]:
@@ -362,11 +382,17 @@ class SessionRunner:
                               self.core.session_ns(), index, -1)
 
     def publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
+        """``cmd``: what the stimulator applies now (None: keep its present state);
+        ``in_force``: the last command published, what it should be doing after this
+        message (information only: re-applying it changes nothing)."""
         self._out_seq += 1
+        if od["command"] is not None:
+            self._in_force = od["command"]
         self.emit(P.encode_control(
             b"stim", P.KIND_STIM, self.id, self._out_seq, t_ns,
-            {"status": od["status"], "cmd": od["command"], "reasons": od["reasons"],
-             "bin": index, "in_seq": in_seq, "armed": self.core.guard.armed}))
+            {"status": od["status"], "cmd": od["command"], "in_force": self._in_force,
+             "reasons": od["reasons"], "bin": index, "in_seq": in_seq,
+             "armed": self.core.guard.armed}))
 
     def _heartbeat(self) -> None:
         self._out_seq += 1
@@ -546,6 +572,8 @@ class SessionRunner:
             "source_restarts": c["source_restarts"],
             "segments": core.epoch_segments,
             "rejected": dict(core.rejected),
+            "unmatched_topics": {t.decode(errors="replace"): n
+                                 for t, n in self.unmatched_topics.items()},
             "counters": dict(c),
             "late_events": core.binner.late_events,
             "clock_jumps": core.binner.clock_jumps,

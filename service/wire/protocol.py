@@ -34,6 +34,9 @@ KINDS = (KIND_EVENTS, KIND_COUNTS, KIND_DECODED, KIND_STIM, KIND_HEARTBEAT, KIND
 COUNT_DTYPES = ("<u1", "<u2", "<u4", "<i2", "<i4", "<f4", "<f8")
 ID_DTYPES = ("<u2", "<u4")
 FLOAT_DTYPES = ("<f4", "<f8")
+#: numpy writes one-byte types without a byte order (``np.dtype("u1").str == "|u1"``):
+#: a peer may send either spelling, and the decoder reads them as the same type.
+DTYPE_ALIASES = {"|u1": "<u1"}
 
 REJECT_REASONS = (
     "missing_frames",
@@ -216,7 +219,7 @@ def _header(raw: memoryview) -> Header:
             seq=_int(d, "seq"),
             t_ns=_int(d, "t_ns"),
             channels=_int(d, "ch", 0),
-            dtype=str(d.get("dtype", "")),
+            dtype=DTYPE_ALIASES.get(dt := str(d.get("dtype", "")), dt),
             bin_ns=_int(d, "bin_ns", 0),
             n=_int(d, "n", 0),
             epoch=_int(d, "ep", 0),

@@ -40,13 +40,18 @@ async def stream(ws: WebSocket, sid: str, manager: ManagerDep, fanout: FanoutDep
                     counts[h.kind] += 1
                     if counts[h.kind] % every:
                         continue
+                # Every message carries the ZeroMQ message's ``seq`` (docs/protocol.md,
+                # "WebSocket stream"): decoded = the bin index, stim/heartbeat = one counter.
                 if h.kind == P.KIND_DECODED:
-                    await ws.send_json({"kind": h.kind, "bin": h.seq, "t_ns": h.t_ns,
+                    await ws.send_json({"kind": h.kind, "session": h.stream, "seq": h.seq,
+                                        "bin": h.seq, "t_ns": h.t_ns,
                                         "decoded": np.asarray(msg.values).tolist(),
                                         "names": h.extra.get("names"),
-                                        "truth": h.extra.get("truth")})
+                                        "truth": h.extra.get("truth"),
+                                        "truth_names": h.extra.get("truth_names")})
                 else:
-                    await ws.send_json({"kind": h.kind, "t_ns": h.t_ns, **h.extra})
+                    await ws.send_json({"kind": h.kind, "session": h.stream, "seq": h.seq,
+                                        "t_ns": h.t_ns, **h.extra})
     except StreamEnded as end:
         if not closed.done():
             with contextlib.suppress(RuntimeError, WebSocketDisconnect):
