@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,31 +14,61 @@ import pytest
 from tests.helpers import REPO
 
 SCRIPT = """
-import os, sys
-from service.session.runner import set_scheduling
-note = set_scheduling(0, 10)
-print(note)
+import os, json
+from service.session.config import SessionConfig
+from service.session.realtime import apply_layout
+layout = apply_layout(SessionConfig(cpu=0, rt_priority=10))
+print(json.dumps(layout.to_dict()))
 print(os.sched_getscheduler(0) == os.SCHED_FIFO, sorted(os.sched_getaffinity(0)))
 """
 
 
-def test_set_scheduling_applies_or_reports_refusal():
+def _items(layout: dict) -> dict[str, dict]:
+    return {i["item"]: i for i in layout["items"]}
+
+
+def test_layout_applies_fifo_and_pinning_or_reports_the_refusal():
     r = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    note, state = r.stdout.strip().splitlines()
-    assert "cpu 0" in note and sorted(os.sched_getaffinity(0))  # pinned in the child only
-    if "SCHED_FIFO 10" in note and "refused" not in note:
-        assert state == "True [0]"
-    else:  # no CAP_SYS_NICE here: said plainly, and the process still runs
-        assert "refused" in note and "CAP_SYS_NICE" in note
+    out, state = r.stdout.strip().splitlines()
+    items = _items(json.loads(out))
+    assert items["cpu"]["state"] == "applied" and sorted(os.sched_getaffinity(0))
+    sched = items["scheduling"]
+    if sched["state"] == "applied":
+        assert sched["detail"] == "SCHED_FIFO 10" and state == "True [0]"
+        assert items["zmq_io_thread"]["state"] == "applied"
+    else:  # no CAP_SYS_NICE here: said plainly, with how to grant it; the process runs on
+        assert sched["state"] == "refused" and "CAP_SYS_NICE" in sched["grant"]
+        assert state == "False [0]"
+
+
+OPT_OUT = """
+import os, json
+from service.session.config import SessionConfig
+from service.session.realtime import apply_layout
+layout = apply_layout(SessionConfig(realtime=False))
+print(json.dumps(layout.to_dict()))
+print(os.sched_getscheduler(0) == os.SCHED_OTHER)
+"""
+
+
+def test_realtime_false_is_an_ordinary_process():
+    r = subprocess.run([sys.executable, "-c", OPT_OUT], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out, other = r.stdout.strip().splitlines()
+    items = _items(json.loads(out))
+    assert other == "True"
+    assert {i["state"] for i in items.values()} == {"off"}
+    assert items["scheduling"]["detail"] == "SCHED_OTHER (realtime: false)"
 
 
 QOS = """
 import os, struct
-from service.session.runner import hold_cpu_dma_latency
-fd, note = hold_cpu_dma_latency(0)
-print(note)
+from service.session.realtime import hold_cpu_dma_latency
+fd, item = hold_cpu_dma_latency(0)
+print(item.state.value, item.detail, item.grant)
 if fd is not None:  # the kernel reports the strictest request held by anyone
     with open("/dev/cpu_dma_latency", "rb") as f:
         print(struct.unpack("i", f.read(4))[0])
@@ -49,10 +80,21 @@ def test_cpu_dma_latency_is_held_or_its_refusal_reported():
                        timeout=60)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    if "refused" in lines[0]:
-        assert "needs root" in lines[0]
+    if lines[0].startswith("refused"):
+        assert "cpu_dma_latency" in lines[0] and "root" in lines[0]
     else:
-        assert lines == ["cpu_dma_latency 0 us", "0"]
+        assert lines == ["applied cpu_dma_latency 0 us ", "0"]
+
+
+@pytest.mark.unit
+def test_sessions_are_spread_over_the_cores_first_away_from_cpu0():
+    from service.session.realtime import pick_cpu
+
+    assert pick_cpu([0], []) is None  # one core: nothing to pin to
+    assert pick_cpu([0, 1], []) == 1
+    assert pick_cpu([0, 1], [1]) == 0
+    assert pick_cpu([0, 1], [1, 0]) == 1
+    assert pick_cpu([0, 1, 2, 3], [3, 2, None]) == 1
 
 
 def _bench_common():

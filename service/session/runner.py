@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ import zmq
 
 from decoders.base import Decoder
 from service.loop.core import (
+    SPIKE_KINDS,
     BinResult,
     Control,
     ControlOp,
@@ -42,7 +42,9 @@ from service.loop.core import (
 from service.loop.outcome import outcome_record
 from service.recording.sink import RecorderSink
 from service.session.config import SessionConfig
+from service.session.deadline import DeadlineAccounting
 from service.session.metrics import SessionMetrics
+from service.session.realtime import Layout, apply_layout
 from service.wire import protocol as P
 from service.wire.curve import connect_curve, ensure_cert, public_key, serve_curve
 from stim.audit import AuditLog
@@ -67,6 +69,8 @@ class LiveSink(RecorderSink):
     def accepted(self, frames: list[Any], msg: P.Message, recv_ns: int) -> None:
         super().accepted(frames, msg, recv_ns)
         self.r.metrics.stages["parse"].observe_ns(now_ns() - recv_ns)
+        if msg.header.kind in SPIKE_KINDS:
+            self.r.frame_src_ns = msg.header.t_ns
 
     def bin(self, r: BinResult, recv_ns: int, in_seq: int) -> None:
         run = self.r
@@ -80,8 +84,7 @@ class LiveSink(RecorderSink):
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv_ns)
-        if t_sent - recv_ns > run.cfg.bin_ns:
-            m.counters["missed_bins"] += 1
+        run.deadline.bin_sent(recv_ns, t_sent)
         if r.decoded is not None:
             truth = r.truth
             run.emit(P.encode_array(
@@ -127,7 +130,7 @@ class SessionRunner:
         self.run_dir = run_dir
         self.models_dir = models_dir
         self.recordings_dir = recordings_dir
-        self.scheduling = "SCHED_OTHER"
+        self.layout = Layout()  # what the process applied at start (main sets it)
         self.metrics = SessionMetrics()
         self.stop_requested = False
         self.mirror: Any = None  # RecordingMirror, with redis.mirror_recording
@@ -143,6 +146,9 @@ class SessionRunner:
         # The loop's counters are the core's (frames, bins, stim statuses, ...).
         self.metrics.counters = self.core.counters
         self.metrics.rejected = self.core.rejected
+        # Missed bins, put down to the platform or the software (service.session.deadline).
+        self.deadline = DeadlineAccounting(config.bin_ns, self.core.counters)
+        self.frame_src_ns: int | None = None  # source time of the spike frame being handled
         self.output_names: list[str] = []
         self._fit_thread: threading.Thread | None = None
         self._fitted: Decoder | None = None
@@ -287,20 +293,25 @@ class SessionRunner:
         heartbeat_ns = int(self.cfg.output.heartbeat_ms * 1e6)
         next_heartbeat = now_ns()
         poll_ms = 0 if self.cfg.spin else max(1, int(self.cfg.output.heartbeat_ms / 2))
-        ingest, control = self.ingest, self.control
+        ingest, control, deadline = self.ingest, self.control, self.deadline
         while not self.stop_requested:
             events = dict(self.poller.poll(poll_ms))
             if ingest in events:
+                deadline.start_wake(now_ns())
                 # Drain everything queued before looking at control or timers.
                 while True:
                     try:
                         frames = ingest.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                    self.frame_src_ns = None
+                    deadline.start_frame()
                     try:
                         self.core.accept(frames, now_ns())
                     except Exception as exc:  # a bug must not end the loop: safe, and say so
                         self._frame_fault(frames, exc)
+                    deadline.end_frame(self.frame_src_ns)
+                deadline.end_wake()
             if control in events:
                 self._on_control()
             if self.disarm_signalled:
@@ -493,7 +504,8 @@ class SessionRunner:
             return {"ok": True, "status": self.status()}
         if cmd == "metrics":
             self._redis_counters()
-            return {"ok": True, "metrics": self.metrics.summary()}
+            return {"ok": True, "metrics": self.metrics.summary()
+                    | {"realtime": self.layout.to_dict()}}
         if cmd == "latency":
             extra.append(self.metrics.e2e_samples().tobytes())
             return {"ok": True}
@@ -532,7 +544,8 @@ class SessionRunner:
             "state": core.state.value,
             "error": core.error,
             "degraded": core.degraded,
-            "scheduling": self.scheduling,
+            "scheduling": self.layout.text() or "SCHED_OTHER",
+            "realtime": self.layout.to_dict(),
             "pid": os.getpid(),
             "output_endpoint": self.output_endpoint,
             "public_key": self.public_key,
@@ -557,6 +570,7 @@ class SessionRunner:
             "recording": str(self.recording_path) if self.recording_path else None,
             "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
+            "missed": self.deadline.summary(),
             "redis": {"ingest": redis_ingest, "mirror": redis_mirror}
             if self.cfg.redis is not None else None,
         }
@@ -607,51 +621,6 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
         return f"tcp://{host}:{port}"
     sock.bind(endpoint)
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
-
-
-def set_scheduling(cpu: int | None, rt_priority: int | None) -> str:
-    """Pin and/or raise the process before any ZeroMQ context exists.
-
-    Threads inherit both, so libzmq's I/O thread (which carries every send) gets
-    them too. Refusal (no CAP_SYS_NICE) is reported, not fatal: the loop still
-    runs, and the status says under which policy.
-    """
-    notes = []
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-            notes.append(f"cpu {cpu}")
-        except OSError as exc:
-            notes.append(f"cpu {cpu} refused ({exc.strerror})")
-    if rt_priority:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
-            notes.append(f"SCHED_FIFO {rt_priority}")
-        except OSError as exc:
-            notes.append(f"SCHED_OTHER: SCHED_FIFO {rt_priority} refused ({exc.strerror}); "
-                         "grant CAP_SYS_NICE or run as root")
-    else:
-        notes.append("SCHED_OTHER")
-    text = ", ".join(notes)
-    log.info("scheduling: %s", text)
-    return text
-
-
-def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, str]:
-    """Keep idle CPUs out of deep idle states for as long as the returned fd stays open.
-
-    The kernel's PM QoS interface: a deep idle state (or, in a VM, a halted vCPU) can take
-    tens to hundreds of µs to wake, and every ZeroMQ hop wakes a thread. Writing 0 makes
-    idle CPUs poll instead. Closing the fd (or the process ending) lifts the request.
-    """
-    if us is None:
-        return None, ""
-    try:
-        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
-    except OSError as exc:
-        return None, f"cpu_dma_latency {us} us refused ({exc.strerror}); needs root"
-    os.write(fd, struct.pack("i", us))
-    return fd, f"cpu_dma_latency {us} us"
 
 
 def _without_secrets(cfg: SessionConfig) -> dict[str, Any]:
@@ -709,15 +678,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cfg = SessionConfig.model_validate_json(a.config.read_text())
-    scheduling = set_scheduling(cfg.cpu, cfg.rt_priority)
-    _qos_fd, qos_note = hold_cpu_dma_latency(cfg.cpu_dma_latency_us)  # held until exit
-    if qos_note:
-        scheduling += ", " + qos_note
+    layout = apply_layout(cfg)  # before any ZeroMQ context: its I/O thread inherits it
     runner = None
     try:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
                                a.keys_dir, a.audit_dir)
-        runner.scheduling = scheduling
+        runner.layout = layout  # its PM QoS fd stays open as long as the process lives
         if a.exit_with_parent:
             runner.parent_pid = os.getppid()
 
