@@ -39,7 +39,7 @@ from service.loop.core import (
     SessionState,
     fit_calibration,
 )
-from service.loop.outcome import outcome_record
+from service.loop.outcome import command_fields
 from service.recording.sink import RecorderSink
 from service.session.config import SessionConfig
 from service.session.deadline import DeadlineAccounting
@@ -56,6 +56,8 @@ from stim.watchdog import Watchdog
 
 now_ns = time.perf_counter_ns
 log = logging.getLogger(__name__)
+#: a stim message's content: status, the command's fields (None: none sent), reasons
+StimMessage = tuple[str, dict[str, Any] | None, list[str]]
 
 
 class LiveSink(RecorderSink):
@@ -79,8 +81,7 @@ class LiveSink(RecorderSink):
         assert out is not None
         t_done = now_ns()
         run.watchdog.feed(t_done)
-        od = outcome_record(out)
-        run.publish_stim(run.physical(od, out, r.index, t_done), out.t_ns, r.index, in_seq)
+        run.publish_stim(run.physical(out, r.index, t_done), out.t_ns, r.index, in_seq)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv_ns)
@@ -94,13 +95,12 @@ class LiveSink(RecorderSink):
                  "names": run.output_names}), copy=False)
         m.stages["publish"].observe_ns(now_ns() - t_sent)
         run.audit.record(out)  # after the command and the decoded vector are out
-        if self.recorder is not None:
-            self.recorder.bin(r.index, r.start_ns, r.decoded, od)
+        if self.recorder is not None:  # the record is built by the recorder's writer
+            self.recorder.bin(r.index, r.start_ns, r.decoded, out)
 
     def outcome(self, out: Outcome, index: int) -> None:
         run = self.r
-        run.publish_stim(run.physical(outcome_record(out), out, index, now_ns()), out.t_ns,
-                         index, -1)
+        run.publish_stim(run.physical(out, index, now_ns()), out.t_ns, index, -1)
         run.audit.record(out)
 
     def event(self, ev: dict[str, Any]) -> None:
@@ -336,19 +336,19 @@ class SessionRunner:
                     self._fail(f"recording failed: {rec.error}")
         self._shutdown()
 
-    def physical(self, od: dict[str, Any], out: Outcome, index: int, wall_ns: int
-                 ) -> dict[str, Any]:
-        """``od`` as the stimulator must get it: a new command passes the physical monitor
-        (only a change: an unchanged command is held, and ``tick`` bounds it in time)."""
+    def physical(self, out: Outcome, index: int, wall_ns: int) -> StimMessage:
+        """``out`` as the stimulator must get it: (status, command fields, reasons). A new
+        command passes the physical monitor (only a change: an unchanged command is held,
+        and ``tick`` bounds it in time)."""
         cmd = out.command
         if cmd is None:
-            return od
+            return out.status, None, out.reasons
         admitted, why = self.monitor.admit(cmd, wall_ns)
         if why is None:
-            return od
+            return out.status, command_fields(cmd), out.reasons
         return self._intervened(admitted, why, index, out.t_ns)
 
-    def _intervened(self, cmd: Any, why: str, index: int, t_ns: int) -> dict[str, Any]:
+    def _intervened(self, cmd: Any, why: str, index: int, t_ns: int) -> StimMessage:
         """The monitor changed what is sent: say so on every channel, once."""
         self.metrics.counters["monitor_interventions"] += 1
         cmd_dict = command_to_dict(cmd)
@@ -359,8 +359,7 @@ class SessionRunner:
         self.audit.event("monitor", t_ns, reason=why, command=cmd_dict)
         if self.metrics.counters["monitor_interventions"] <= 10:
             log.warning("session %s: %s", self.id, reason)
-        return {"status": "safe" if cmd.is_off else "clamped", "command": cmd_dict,
-                "reasons": [reason]}
+        return "safe" if cmd.is_off else "clamped", cmd_dict, [reason]
 
     def _tick_monitor(self, wall_ns: int) -> None:
         """Between commands: the command in force may cross a time bound (continuous-on,
@@ -372,11 +371,12 @@ class SessionRunner:
             self.publish_stim(self._intervened(cmd, why, index, self.core.session_ns()),
                               self.core.session_ns(), index, -1)
 
-    def publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
+    def publish_stim(self, stim: StimMessage, t_ns: int, index: int, in_seq: int) -> None:
         self._out_seq += 1
+        status, cmd, reasons = stim
         self.emit(P.encode_control(
             b"stim", P.KIND_STIM, self.id, self._out_seq, t_ns,
-            {"status": od["status"], "cmd": od["command"], "reasons": od["reasons"],
+            {"status": status, "cmd": cmd, "reasons": reasons,
              "bin": index, "in_seq": in_seq, "armed": self.core.guard.armed}))
 
     def _heartbeat(self) -> None:
