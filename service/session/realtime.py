@@ -8,7 +8,11 @@ which carries every send and receive, inherits the policy and the CPU):
   entering deep idle states or, in a VM, halting the vCPU), held while the process lives;
 * **cpu**: affinity to one core (the control plane picks one per session, spreading
   sessions over the cores, see :func:`pick_cpu`);
-* **zmq_io_thread**: libzmq's I/O thread, started after the above, at the same policy.
+* **zmq_io_thread**: libzmq's I/O thread at the same policy (set on the shared context
+  before its first socket). Every *other* thread the process starts afterwards (audit and
+  recorder writers, calibration, Redis) is an ordinary SCHED_OTHER thread
+  (``SCHED_RESET_ON_FORK``): on the loop's own core it runs only while the loop waits, and
+  a calibration fit can never hold the loop off its CPU.
 
 Each item is *applied*, *refused* (with one line on how to grant it) or *off* (not asked
 for, or ``realtime: false`` in the session config: the explicit opt-out). A refusal never
@@ -103,9 +107,8 @@ def apply_layout(cfg: Any) -> Layout:
     layout.qos_fd = qos_fd
     layout.items.append(item)
     fifo = layout.items[1].state is ItemState.APPLIED
-    layout.items.append(LayoutItem(
-        "zmq_io_thread", ItemState.APPLIED if fifo else ItemState.OFF,
-        f"zmq I/O thread at SCHED_FIFO {prio}" if fifo else "zmq I/O thread SCHED_OTHER"))
+    layout.items.append(_zmq_io_thread(prio) if fifo and prio else LayoutItem(
+        "zmq_io_thread", ItemState.OFF, "zmq I/O thread SCHED_OTHER"))
     for i in layout.refused:
         log.warning("real-time layout: %s refused (%s); %s", i.name, i.detail, i.grant)
     log.info("real-time layout: %s", layout.text())
@@ -128,12 +131,31 @@ def _fifo(priority: int | None, why_off: str) -> LayoutItem:
         return LayoutItem("scheduling", ItemState.OFF,
                           "SCHED_OTHER" + (f" ({why_off})" if why_off else ""))
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        # this (the loop's) thread only: threads started later are SCHED_OTHER
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(priority))
     except OSError as exc:
         return LayoutItem("scheduling", ItemState.REFUSED,
                           f"SCHED_OTHER: SCHED_FIFO {priority} refused ({exc.strerror})",
                           GRANT_RT)
     return LayoutItem("scheduling", ItemState.APPLIED, f"SCHED_FIFO {priority}")
+
+
+def _zmq_io_thread(priority: int) -> LayoutItem:
+    """libzmq's I/O thread (it carries every send and receive) at the loop's priority: set
+    on the shared context before its first socket starts the thread."""
+    import zmq
+
+    try:
+        ctx = zmq.Context.instance()
+        ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
+        ctx.set(zmq.THREAD_PRIORITY, priority)
+    except (zmq.ZMQError, AttributeError) as exc:
+        return LayoutItem("zmq_io_thread", ItemState.REFUSED,
+                          f"zmq I/O thread SCHED_OTHER ({exc}); libzmq >= 4.1 sets its "
+                          "priority", "upgrade libzmq (pyzmq wheels bundle a recent one)")
+    return LayoutItem("zmq_io_thread", ItemState.APPLIED,
+                      f"zmq I/O thread at SCHED_FIFO {priority}")
 
 
 def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, LayoutItem]:
