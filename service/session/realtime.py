@@ -147,7 +147,7 @@ def _zmq_io_thread(priority: int) -> LayoutItem:
     import zmq
 
     try:
-        ctx = zmq.Context.instance()
+        ctx: zmq.Context = zmq.Context.instance()
         ctx.set(zmq.THREAD_SCHED_POLICY, os.SCHED_FIFO)
         ctx.set(zmq.THREAD_PRIORITY, priority)
     except (zmq.ZMQError, AttributeError) as exc:
