@@ -10,6 +10,7 @@ No wall-clock threshold is asserted: only which counter moved.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -24,11 +25,16 @@ from service.session.runner import SessionRunner
 from service.wire import protocol as P
 
 CH = 8
-BIN_NS = 1_000_000
+# 5 ms bins: on a loaded 2-CPU machine an ordinary bin's own work can take ~1 ms of CPU;
+# the faults injected below are several bins long, far from that
+BIN_MS = 5
+BIN_NS = BIN_MS * 1_000_000
 
 
 def _runner(tmp: Path) -> tuple[SessionRunner, zmq.Socket]:
-    cfg = SessionConfig(name="deadline", bin_ms=1, gc_freeze=False, record=False,
+    # gc_freeze as in production: a collection pass in the loop thread is CPU the loop
+    # itself uses (a *software* miss), which would blur what these tests inject
+    cfg = SessionConfig(name="deadline", bin_ms=BIN_MS, gc_freeze=True, record=False,
                         source={"channels": CH, "endpoint": f"ipc://{tmp}/src"},
                         decoder={"type": "kalman"}, output={"endpoint": f"ipc://{tmp}/out"})
     pub = zmq.Context.instance().socket(zmq.PUB)
@@ -37,7 +43,7 @@ def _runner(tmp: Path) -> tuple[SessionRunner, zmq.Socket]:
     r = SessionRunner("deadline", cfg, f"ipc://{tmp}/ctl", tmp)
     rng = np.random.default_rng(0)
     dec = build_decoder("kalman")
-    dec.fit(rng.poisson(1.0, (400, CH)).astype(float), rng.normal(size=(400, 4)), bin_ms=1,
+    dec.fit(rng.poisson(1.0, (400, CH)).astype(float), rng.normal(size=(400, 4)), bin_ms=BIN_MS,
             output_names=["x", "y", "vx", "vy"])
     r.core.begin(dec)
     return r, pub
@@ -48,8 +54,11 @@ def _frame(seq: int) -> list:
     return P.encode_array(b"spikes", P.KIND_COUNTS, "", seq, seq * BIN_NS, counts, BIN_NS)
 
 
-def _run(tmp: Path, step_delay, send) -> dict:
-    """Start the loop, wait until it decodes, install the fault, send, return the counters."""
+def _run(tmp: Path, step_delay, send, late_wake: bool = False) -> dict:
+    """Start the loop, wait until it decodes, install the fault, send, return the counters.
+
+    ``late_wake``: the next time the loop's poll returns with input, its thread sleeps
+    first (it was not given the CPU), so frames sent meanwhile queue in the socket."""
     r, pub = _runner(tmp)
     th = threading.Thread(target=r.run, daemon=True)
     th.start()
@@ -70,11 +79,24 @@ def _run(tmp: Path, step_delay, send) -> dict:
                 return step(counts)
 
             r.core.decoder.step = slow_step
+        if late_wake:
+            poll, pending = r.poller.poll, [True]
+
+            def late_poll(timeout=None):
+                events = poll(timeout)
+                if events and pending:
+                    pending.clear()
+                    time.sleep(20 * BIN_NS / 1e9)
+                return events
+
+            r.poller.poll = late_poll
+        first = seq
         seq = send(pub, seq)
         deadline = time.monotonic() + 20
-        while r.core.counters["frames"] < seq:
+        while r.core.counters["bins"] < before["bins"] + (seq - first):  # a bin per frame
             assert time.monotonic() < deadline, "frames did not all arrive"
             time.sleep(0.01)
+        time.sleep(0.05)  # the last bin's command and accounting are done
         after = dict(r.core.counters)
         return {k: after.get(k, 0) - before.get(k, 0) for k in
                 ("bins", "missed_bins", "missed_bins_platform", "missed_bins_software",
@@ -83,6 +105,8 @@ def _run(tmp: Path, step_delay, send) -> dict:
         r.stop_requested = True
         th.join(10)
         pub.close(0)
+        gc.enable()  # run() froze and disabled the collector of this (the test) process
+        gc.unfreeze()
         assert not th.is_alive()
 
 
@@ -91,7 +115,7 @@ def _paced(n: int):
         for _ in range(n):
             pub.send_multipart(_frame(seq))
             seq += 1
-            time.sleep(0.02)  # far apart: no frame ever waits for the loop
+            time.sleep(0.05)  # far apart: no frame ever waits for the loop
         return seq
     return send
 
@@ -114,24 +138,22 @@ def test_a_decoder_that_overruns_the_bin_is_a_software_miss(tmp_path):
 
 def test_losing_the_cpu_mid_bin_is_a_platform_miss(tmp_path):
     # Sleeping stands in for preemption: wall time passes, the thread gets no CPU.
-    d = _run(tmp_path, lambda: time.sleep(0.003), _paced(5))
+    d = _run(tmp_path, lambda: time.sleep(3 * BIN_NS / 1e9), _paced(5))
     assert d["bins"] == 5
     assert d["missed_bins"] == d["missed_bins_platform"] == 5
     assert d["missed_bins_software"] == 0
 
 
 def test_frames_that_waited_for_a_late_wake_are_platform_misses(tmp_path):
-    def burst(pub, seq):
-        time.sleep(0.05)  # the loop sleeps in poll meanwhile, as if the CPU were not given
-        for _ in range(4):  # four bins' frames, 1 ms apart on the source clock, queued
+    def paced(pub, seq):  # a frame every bin, as a source sends them
+        for _ in range(4):
             pub.send_multipart(_frame(seq))
             seq += 1
+            time.sleep(BIN_NS / 1e9)
         return seq
 
-    d = _run(tmp_path, None, burst)
-    if d["late_wakes"] == 0:  # the loop woke between two of the sends: try once more
-        d = _run(tmp_path, None, burst)
-    assert d["late_wakes"] >= 1
+    d = _run(tmp_path, None, paced, late_wake=True)
+    assert d["late_wakes"] == 1
     assert d["missed_bins_software"] == 0
     assert d["missed_bins"] == d["missed_bins_platform"] >= 1
     assert d["status"]["late_wakes"] >= 1
@@ -146,7 +168,7 @@ def test_missed_bins_add_up(tmp_path):
     c: Counter[str] = Counter()
     acc = DeadlineAccounting(BIN_NS, c)
     acc.start_wake(10 * BIN_NS)
-    acc.start_frame()
+    acc.start_frame(10 * BIN_NS)
     acc.bin_sent(0, BIN_NS // 2)  # on time
     acc.bin_sent(0, 2 * BIN_NS)  # late, little CPU used: platform
     acc.end_frame(0)

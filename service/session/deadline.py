@@ -30,7 +30,7 @@ class DeadlineAccounting:
     """Per-frame bookkeeping of the live loop (one instance per session process)."""
 
     __slots__ = ("bin_ns", "counters", "cpu_at_recv", "_wake_ns", "_prev_wake_ns",
-                 "_frames", "_bins", "_missed", "max_late_wake_ns")
+                 "_frames", "_bins", "_missed", "_recv_ns", "max_late_wake_ns")
 
     def __init__(self, bin_ns: int, counters: Counter[str]):
         self.bin_ns = bin_ns
@@ -42,6 +42,7 @@ class DeadlineAccounting:
         self._frames: list[tuple[int, int, int]] = []
         self._bins = 0  # of the frame being handled
         self._missed = 0
+        self._recv_ns = 0
         self.max_late_wake_ns = 0
 
     def start_wake(self, wake_ns: int) -> None:
@@ -49,14 +50,19 @@ class DeadlineAccounting:
         self._prev_wake_ns, self._wake_ns = self._wake_ns, wake_ns
         self._frames.clear()
 
-    def start_frame(self) -> None:
-        """A frame was received (call right before handing it to the core)."""
+    def start_frame(self, recv_ns: int) -> None:
+        """A frame was received at ``recv_ns`` (call right before handing it to the core)."""
         self.cpu_at_recv = thread_cpu_ns()
+        self._recv_ns = recv_ns
         self._bins = self._missed = 0
 
     def end_frame(self, src_ns: int | None) -> None:
-        """The frame is handled; ``src_ns``: its source time if it was a spike frame."""
-        if src_ns is not None:
+        """The frame is handled; ``src_ns``: its source time if it was a spike frame.
+
+        Only frames received within a bin of the wake are kept for :meth:`end_wake`: a
+        frame received later may have arrived while the loop was working on the ones
+        before it (a software overrun, already counted), not while it was away."""
+        if src_ns is not None and self._recv_ns - self._wake_ns < self.bin_ns:
             self._frames.append((src_ns, self._bins, self._missed))
 
     def bin_sent(self, recv_ns: int, sent_ns: int) -> None:

@@ -305,9 +305,10 @@ class SessionRunner:
                     except zmq.Again:
                         break
                     self.frame_src_ns = None
-                    deadline.start_frame()
+                    t_recv = now_ns()
+                    deadline.start_frame(t_recv)
                     try:
-                        self.core.accept(frames, now_ns())
+                        self.core.accept(frames, t_recv)
                     except Exception as exc:  # a bug must not end the loop: safe, and say so
                         self._frame_fault(frames, exc)
                     deadline.end_frame(self.frame_src_ns)
