@@ -14,9 +14,11 @@ stim command of the bin it closes, so we measure, per bin:
 ``missed_bins`` counts bins whose stim command did not arrive within one bin
 width. ``--api-load RPS`` adds a separate process polling the session's status
 over REST at that rate. ``--transport ipc`` puts the source, the session's
-output and the floor on ipc:// instead of tcp://127.0.0.1; ``--rt-priority N``
-runs the session process under SCHED_FIFO (needs root) to show how much of the
-tail is other processes on the machine.
+output and the floor on tcp://127.0.0.1 instead of ipc:// (the default: one host).
+By default the session applies the real-time layout the host permits (SCHED_FIFO 50,
+cpu_dma_latency 0, a core of its own: ``service/session/realtime.py``), and this process
+(the rig's side) and the floor's echo run SCHED_FIFO one below it, on the other cores;
+``--no-realtime`` measures the opt-out (ordinary processes) for comparison.
 
     .venv/bin/python bench/e2e_latency.py --channels 1024 --decoder snn --bin-ms 1 --seconds 60
 """
@@ -55,16 +57,17 @@ from common import (  # noqa: E402
     wait_running,
 )
 
+from service.session.realtime import DEFAULT_RT_PRIORITY, pick_cpu  # noqa: E402
 from service.wire import protocol as P  # noqa: E402
 from sources.motor import MotorCortexSim  # noqa: E402
 
 
 # ---------------------------------------------------------------------------- main run
 def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: float,
-        warmup_s: float = 3.0, transport: str = "tcp", rt_priority: int = 0,
+        warmup_s: float = 3.0, transport: str = "ipc", rt_priority: int | None = None,
         dump: Path | None = None, cpu_dma_latency_us: int | None = None,
         probe: bool = False, session_cpu: int | None = None,
-        hostile_sockets: int = 0) -> dict:
+        hostile_sockets: int = 0, realtime: bool = True, floor_rt: int = 0) -> dict:
     eps = Endpoints(transport)
     server = Server()
     ctx = zmq.Context.instance()
@@ -86,6 +89,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
             "output": {"heartbeat_ms": 100, "endpoint": eps.output()},
             "rt_priority": rt_priority or None,
+            "realtime": realtime,
             "cpu_dma_latency_us": cpu_dma_latency_us,
             "cpu": session_cpu,
         })
@@ -148,7 +152,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         metrics = c.metrics(sid)
         frame_example = [bytes(f) for f in P.encode_events(
             b"spikes", "bench", 0, 0, channels, *_typical(feeder.sim, bin_ns))]
-        floor = measure_floor(frame_example, transport=transport, rt_priority=rt_priority)
+        floor = measure_floor(frame_example, transport=transport, rt_priority=floor_rt)
         got = client[client >= 0]
         late = (client < 0) | (client > bin_ns)
         missed = int(np.count_nonzero(late))
@@ -156,6 +160,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             "channels": channels, "bin_ms": bin_ms, "decoder": decoder, "bins": n_bins,
             "missed_bins": missed, "transport": transport, "rt_priority": rt_priority,
             "scheduling": (c.session(sid)["live"] or {}).get("scheduling"),
+            "realtime": realtime,
+            "session_missed": (c.session(sid)["live"] or {}).get("missed"),
             **percentiles(internal),
             **percentiles(got, "client_"),
             **percentiles(floor, "floor_"),
@@ -209,8 +215,12 @@ def print_table(res: dict) -> None:
     print(f"\n{res['channels']} channels, {res['bin_ms']} ms bins, {res['decoder']} decoder, "
           f"{res['bins']} bins, missed {res['missed_bins']}"
           + (f", API load {res['api_load_rps']} req/s" if res["api_load_rps"] else "")
-          + f", {res['transport']}" + (f", SCHED_FIFO {res['rt_priority']}"
-                                       if res["rt_priority"] else ""))
+          + f", {res['transport']}, session: {res['scheduling']}")
+    sm = res.get("session_missed") or {}
+    if sm:
+        print(f"missed inside the session: {sm.get('missed_bins')} (platform "
+              f"{sm.get('platform')}, software {sm.get('software')}, late wakes "
+              f"{sm.get('late_wakes')})")
     print(f"{'':40s} {'p50 us':>9s} {'p99 us':>9s} {'p99.9 us':>9s} {'max us':>9s}")
     for name, k in rows:
         print(f"{name:40s} {res[k + 'p50_us']:9.1f} {res[k + 'p99_us']:9.1f} "
@@ -239,10 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hostile-sockets", type=int, default=0, metavar="N",
                     help="meanwhile, N unauthenticated idle WebSockets held open and "
                          "oversize bodies posted from another process (security probe)")
-    ap.add_argument("--transport", choices=["tcp", "ipc"], default="tcp",
-                    help="source, output and floor on tcp://127.0.0.1 or ipc:// (same run)")
-    ap.add_argument("--rt-priority", type=int, default=0,
-                    help="put the session process under SCHED_FIFO at this priority (root)")
+    ap.add_argument("--transport", choices=["tcp", "ipc"], default="ipc",
+                    help="source, output and floor on ipc:// (default: one host) or "
+                         "tcp://127.0.0.1 (same run)")
+    ap.add_argument("--rt-priority", type=int, default=None,
+                    help="the session's SCHED_FIFO priority (default: the session's own "
+                         "real-time default, 50, when the host permits it)")
+    ap.add_argument("--no-realtime", action="store_true",
+                    help="the opt-out: sessions as ordinary processes (realtime: false), "
+                         "this process and the floor too")
     ap.add_argument("--quick", action="store_true", help="10 s of measurement")
     ap.add_argument("--json", type=Path, help="write the figures here")
     ap.add_argument("--dump", type=Path, help="write the per-bin samples (.npz) here")
@@ -254,20 +269,31 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure the platform's own wake-up stalls during the run (one "
                          "SCHED_FIFO 95 probe per CPU) and tell which missed bins they explain")
     a = ap.parse_args(argv)
+    realtime = not a.no_realtime
+    if a.session_cpu is None and realtime:
+        # the core the control plane gives a first session (service.session.realtime)
+        a.session_cpu = pick_cpu(os.sched_getaffinity(0), [])
     if a.session_cpu is not None:  # before any thread exists: they inherit it
         others = set(os.sched_getaffinity(0)) - {a.session_cpu}
         os.sched_setaffinity(0, others or {a.session_cpu})
     seconds = min(a.seconds, 10.0) if a.quick else a.seconds
-    if a.rt_priority:
+    rt = a.rt_priority if a.rt_priority is not None else (DEFAULT_RT_PRIORITY if realtime
+                                                           else 0)
+    bench_rt = 0
+    if rt:
         # The acquisition/stimulator side (this process) and the floor's echo process run
-        # real-time too, as in a real rig; the server and its sessions are not made RT by
-        # inheritance (only the session's own rt_priority setting does that).
-        set_fifo(max(1, a.rt_priority - 1), children_too=False)
+        # real-time too, as in a real rig, when the host permits it; the server and its
+        # sessions are not made RT by inheritance (the session applies its own layout).
+        try:
+            set_fifo(max(1, rt - 1), children_too=False)
+            bench_rt = rt
+        except OSError as exc:
+            print(f"this process stays SCHED_OTHER: SCHED_FIFO refused ({exc.strerror})")
     res = run(a.channels, a.decoder, a.bin_ms, seconds, a.api_load, transport=a.transport,
               rt_priority=a.rt_priority, dump=a.dump,
               cpu_dma_latency_us=a.cpu_dma_latency, probe=a.platform_probe,
               hostile_sockets=a.hostile_sockets,
-              session_cpu=a.session_cpu)
+              session_cpu=a.session_cpu, realtime=realtime, floor_rt=bench_rt)
     return report(res, print_table, a.json)
 
 

@@ -508,7 +508,11 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         bin_ms: float = typer.Option(20.0), calibration_s: float = typer.Option(20.0),
         port: int = typer.Option(8000), source_port: int = typer.Option(5555),
         data_dir: Path = typer.Option(DEFAULT_DATA),
-        seconds: float | None = typer.Option(None, help="Stop after this many seconds")):
+        seconds: float | None = typer.Option(None, help="Stop after this many seconds"),
+        transport: str = typer.Option(
+            "ipc", help="ipc: source and session output on Unix sockets in the data directory "
+                        "(one host, the lower latency); tcp: tcp://127.0.0.1 "
+                        "(--source-port and a free port)")):
     """Run everything: control plane, simulated motor cortex, and a closed-loop session.
 
     Prints live decoded vs true velocity with a running R² until Ctrl-C, then stops
@@ -521,7 +525,11 @@ def run(units: int = typer.Option(96, help="Simulated units"),
     py = sys.executable
     procs: list[subprocess.Popen] = []
     api = f"http://127.0.0.1:{port}"
-    src = f"tcp://127.0.0.1:{source_port}"
+    if transport not in ("ipc", "tcp"):
+        raise typer.BadParameter(f"--transport is ipc or tcp, not {transport!r}")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    src = (f"ipc://{(data_dir / f'source-{source_port}.sock').resolve()}"
+           if transport == "ipc" else f"tcp://127.0.0.1:{source_port}")
     stop = {"flag": False}
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
     client = None
@@ -541,11 +549,17 @@ def run(units: int = typer.Option(96, help="Simulated units"),
             "source": {"endpoint": src, "channels": units},
             "decoder": {"type": "kalman", "calibration_s": calibration_s},
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
+            "output": {"endpoint": "ipc" if transport == "ipc" else "tcp://127.0.0.1:0"},
         })
         sid = s["id"]
         s = client.start(sid)
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
                    f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
+        live = client.session(sid).get("live") or {}
+        typer.echo(f"real-time layout: {live.get('scheduling', '?')}", err=True)
+        for item in (live.get("realtime") or {}).get("items", []):
+            if item.get("grant"):
+                typer.echo(f"  refused: {item['detail']}; to grant: {item['grant']}", err=True)
         t_end = time.monotonic() + seconds if seconds else None
         _follow(_stream_client(s["output_endpoint"]), every=10,
                 should_stop=lambda: stop["flag"] or (t_end is not None

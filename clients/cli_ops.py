@@ -62,15 +62,16 @@ def doctor(api: str = typer.Option(API, help="Control plane to ask for /healthz"
            data_dir: Path = typer.Option(DATA, help="Data directory (database, recordings)"),
            source_port: int = typer.Option(5555, help="Default source port to check"),
            as_json: bool = typer.Option(False, "--json", help="Machine-readable output")):
-    """Check this machine for running spikeloop: ports, disk, torch threads, clock, versions.
+    """Check this machine for running spikeloop: ports, disk, torch threads, clock, versions,
+    and the real-time layout sessions get (SCHED_FIFO, cpu_dma_latency, cores to pin to).
 
     Exits 1 if a check fails (warnings do not).
     Examples:
       spikeloop doctor
       spikeloop doctor --api http://127.0.0.1:8001 --data-dir /data/spikeloop --json
     """
-    checks = [*_versions(), _torch_threads(), _clock(), _disk(data_dir), _api(api),
-              _port(source_port, "source port"), _token(data_dir), _chromium()]
+    checks = [*_versions(), _torch_threads(), _clock(), *_realtime(), _disk(data_dir),
+              _api(api), _port(source_port, "source port"), _token(data_dir), _chromium()]
     if as_json:
         typer.echo(json.dumps([c.__dict__ for c in checks], indent=2))
     else:
@@ -124,6 +125,15 @@ def _torch_threads() -> Check:
     detail = (f"{n} intra-op threads here, {cpus} usable CPUs; session processes use 1 thread "
               "each (one loop per core)")
     return Check("torch threads", "ok" if cpus and cpus >= 2 else "warn", detail)
+
+
+def _realtime() -> list[Check]:
+    """The real-time layout a session started from here gets (each item tried, then undone)."""
+    from service.session.realtime import ItemState, probe_host
+
+    return [Check(f"realtime {i.name}", "ok" if i.state is ItemState.APPLIED else "warn",
+                  i.detail + (f"; to grant: {i.grant}" if i.grant else ""))
+            for i in probe_host()]
 
 
 def _clock() -> Check:

@@ -4,16 +4,20 @@ One JSON line per outcome: time, status, request, command sent, reasons.
 Control events (arm, disarm, limit changes) go in the same file with
 ``"event"`` set, so one file tells the whole story of a session.
 
-Cost on the hot path is one ``json.dumps`` and a list append: a writer thread
-does the writing and fsync every ``flush_interval_s`` (0.2 s), and at once
-(woken, not waited for) after safety-relevant lines (``safe``/``refused``
-outcomes, control events). A crash loses at most the lines of the last
-interval. Identical consecutive outcomes (e.g. "refused: disarmed" every bin)
-are written once, then as one ``{"repeated": n}`` line (with the command, if
-one was sent) when they change. ``hold`` outcomes with nothing sent are not
-logged unless ``log_holds=True``. Values are serialised safely (numpy
-scalars, iterables, anything else as ``repr``): recording never raises. The
-caller appends to a deque that the writer drains, so no line is lost to a race.
+Cost on the hot path is a comparison with the previous outcome and a deque
+append of a tuple (about 1 us): no dict or JSON is built in the loop. A writer
+thread serialises the lines, writes them and fsyncs every ``flush_interval_s``
+(0.2 s), and at once (woken, not waited for) after safety-relevant lines
+(``safe``/``refused`` outcomes, control events). A crash loses at most the
+lines of the last interval. Identical consecutive outcomes (e.g. "refused:
+disarmed" every bin: same status, equal command, same reasons) are written
+once, then as one ``{"repeated": n}`` line (with the command, if one was sent)
+when they change. ``hold`` outcomes with nothing sent are not logged unless
+``log_holds=True``. Values are serialised safely (numpy scalars, iterables,
+anything else as ``repr``): recording never raises. The caller appends to a
+deque that the writer drains, so no line is lost to a race. What is queued
+must not change afterwards: the guard hands out fresh command objects and
+request copies, and the reasons are copied into a tuple here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import math
 import numbers
 import os
 import threading
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -82,6 +87,31 @@ def outcome_to_dict(out: Outcome) -> dict[str, Any]:
     }
 
 
+def _same_command(a: Any, b: Any) -> bool:
+    """Whether two sent commands are the same (both None, or equal fields of one type)."""
+    if a is None or b is None:
+        return a is b
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - odd field values: not the same, write the line
+        return False
+
+
+def _line(item: str | tuple) -> str:
+    """One queued item as its JSON line (in the writer thread; never raises)."""
+    if isinstance(item, str):
+        return item
+    if len(item) == 4:  # a run of repeats
+        t_ns, status, cmd, n = item
+        row: dict[str, Any] = {"t_ns": _plain(t_ns), "status": str(status), "repeated": n}
+        if cmd is not None:  # the same command sent again n times
+            row["command"] = _command(cmd)
+        return json.dumps(row, default=repr)
+    t_ns, status, request, cmd, reasons = item
+    return json.dumps(outcome_to_dict(Outcome(status, t_ns, request, cmd, list(reasons))),
+                      default=repr)
+
+
 class AuditLog:
     def __init__(self, path: str | Path, flush_interval_s: float = 0.2, fsync: bool = True,
                  log_holds: bool = False):
@@ -90,11 +120,14 @@ class AuditLog:
         self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - long-lived
         self.fsync = fsync
         self.log_holds = log_holds
-        self._buf: deque[str] = deque()  # appended by the caller, drained by the writer
+        # appended by the caller, drained (and serialised) by the writer: a ready line, an
+        # outcome (t_ns, status, request, command, reasons) or a run of repeats
+        # (t_ns, status, command, n)
+        self._buf: deque[str | tuple] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = False
-        self._last_key: tuple | None = None
+        self._last: tuple[str, Any, tuple[str, ...]] | None = None  # status, command, reasons
         self._last_t_ns = 0
         self._repeats = 0
         self.lines = 0
@@ -106,33 +139,28 @@ class AuditLog:
     def record(self, out: Outcome) -> None:
         if out.status == "hold" and out.command is None and not self.log_holds:
             return
-        d = outcome_to_dict(out)
-        cmd = json.dumps(d["command"], default=repr)
-        key = (d["status"], cmd, tuple(d["reasons"]))
-        if key == self._last_key:
+        status, cmd, reasons = out.status, out.command, tuple(out.reasons)
+        if (self._last is not None and status == self._last[0] and reasons == self._last[2]
+                and _same_command(cmd, self._last[1])):
             self._repeats += 1
-            self._last_t_ns = d["t_ns"]
+            self._last_t_ns = out.t_ns
             return
         self._end_repeats()
-        self._last_key, self._last_t_ns = key, d["t_ns"]
-        self._buf.append(json.dumps(d, default=repr))
-        if out.status in URGENT:
+        self._last, self._last_t_ns = (status, cmd, reasons), out.t_ns
+        self._buf.append((out.t_ns, status, out.request, cmd, reasons))
+        if status in URGENT:
             self._wake.set()
 
     def _end_repeats(self) -> None:
         if self._repeats:
-            assert self._last_key is not None  # repeats follow a first line
-            row = {"t_ns": self._last_t_ns, "status": self._last_key[0],
-                   "repeated": self._repeats}
-            if self._last_key[1] != "null":  # the same command sent again n times
-                row["command"] = json.loads(self._last_key[1])
-            self._buf.append(json.dumps(row, default=repr))
+            assert self._last is not None  # repeats follow a first line
+            self._buf.append((self._last_t_ns, self._last[0], self._last[1], self._repeats))
             self._repeats = 0
 
     def event(self, event: str, t_ns: int, **info: Any) -> None:
         """A control-plane event (arm, disarm, set_limits ...), written promptly."""
         self._end_repeats()
-        self._last_key = None
+        self._last = None
         self._buf.append(json.dumps({"t_ns": _plain(t_ns), "event": event,
                                      **{k: _plain(v) for k, v in info.items()}}, default=repr))
         self._wake.set()
@@ -147,7 +175,12 @@ class AuditLog:
         with self._lock:
             buf, lines = self._buf, []
             while buf:  # popleft is atomic against the caller's append: nothing is lost
-                lines.append(buf.popleft())
+                item = buf.popleft()
+                lines.append(_line(item))
+                if not isinstance(item, str):
+                    # Serialising holds the GIL: let a waiting loop thread take it between
+                    # lines, instead of after the interpreter's switch interval (5 ms).
+                    time.sleep(0)
             if not lines or self._f.closed:
                 return
             try:

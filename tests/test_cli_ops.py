@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 from typer.main import get_command
@@ -39,3 +40,8 @@ def test_doctor_reports_every_check_as_json(tmp_path):
         assert checks[name]["status"] in ("ok", "warn", "fail")
     assert f"127.0.0.1:{port} is free" in checks["control plane"]["detail"]
     assert checks["admin token"]["status"] == "warn"  # no server has run in this data dir
+    for item in ("scheduling", "cpu_dma_latency", "cpu"):  # granted, or how to grant it
+        c = checks[f"realtime {item}"]
+        assert c["status"] == "ok" or "to grant:" in c["detail"], c
+    if os.geteuid() == 0:  # root may use SCHED_FIFO (unless a container forbids it)
+        assert "SCHED_FIFO" in checks["realtime scheduling"]["detail"]

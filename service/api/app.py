@@ -77,6 +77,14 @@ class SessionCollector:
         stim = CounterMetricFamily(
             "spikeloop_stim_commands", "Stimulation decisions by the safety guard's status "
             "(alert on refused or safe while armed)", labels=["session", "status"])
+        missed = CounterMetricFamily(
+            "spikeloop_missed_bins", "Bins whose command was later than one bin, by cause: "
+            "platform (CPU taken away, late wake) or software (the work overran)",
+            labels=["session", "cause"])
+        layout = GaugeMetricFamily(
+            "spikeloop_realtime_layout", "Real-time layout items of the session process (1 "
+            "in the state it is in; refused items: see the status for how to grant them)",
+            labels=["session", "item", "state"])
         states = GaugeMetricFamily("spikeloop_sessions", "Sessions by state", labels=["state"])
         by_state: dict[str, int] = {}
         for row in self.manager.store.list_sessions():
@@ -101,9 +109,13 @@ class SessionCollector:
                 ctr.add_metric([sid, name], v)
             for status in STIM_STATUSES:
                 stim.add_metric([sid, status], m["counters"].get(f"stim_{status}", 0))
+            for cause in ("platform", "software"):
+                missed.add_metric([sid, cause], m["counters"].get(f"missed_bins_{cause}", 0))
+            for item in (m.get("realtime") or {}).get("items", []):
+                layout.add_metric([sid, item["item"], item["state"]], 1)
         for s, n in by_state.items():
             states.add_metric([s], n)
-        yield from (lat, bins, rej, ctr, stim, states)
+        yield from (lat, bins, rej, ctr, stim, missed, layout, states)
 
 
 def mount_docs(app: FastAPI) -> None:

@@ -12,12 +12,14 @@ def outcome_record(out: Outcome) -> dict[str, Any]:
 
     Key order matters: verify compares recordings byte for byte.
     """
-    return {"status": out.status, "command": _fields(out.command),
-            "request": _fields(out.request), "reasons": list(out.reasons)}
+    return {"status": out.status, "command": command_fields(out.command),
+            "request": command_fields(out.request), "reasons": list(out.reasons)}
 
 
-def _fields(cmd: Any) -> dict[str, Any] | None:
-    # A shallow dataclasses.asdict: commands are flat, and this runs once per bin.
+def command_fields(cmd: Any) -> dict[str, Any] | None:
+    """A command's fields as published and recorded (None for no command).
+
+    A shallow ``dataclasses.asdict``: commands are flat, and this runs once per bin."""
     if cmd is None:
         return None
     return {k: getattr(cmd, k) for k in cmd.__dataclass_fields__}

@@ -56,6 +56,23 @@ class RecordType(enum.IntEnum):
 # --------------------------------------------------------------------------- values
 
 
+class _LazyBin:
+    """A BIN record as queued by the loop: packed (same bytes) when it is written."""
+
+    __slots__ = ("index", "start_ns", "dec", "outcome")
+
+    def __init__(self, index: int, start_ns: int, dec: list | None, outcome: Any):
+        self.index, self.start_ns, self.dec, self.outcome = index, start_ns, dec, outcome
+
+    def __len__(self) -> int:  # for the buffer's size bound: the decoded bytes and ~200 more
+        return 200 + (len(self.dec[1]) if self.dec is not None else 0)
+
+    def pack(self) -> bytes:
+        out = self.outcome
+        return pack([self.index, self.start_ns, self.dec,
+                     out if isinstance(out, dict) else outcome_record(out)])
+
+
 @dataclass(slots=True)
 class InputFrames:
     """A frame as received (raw multipart), with the wall-clock receive time."""
@@ -152,7 +169,7 @@ class Recorder:
         self.bins = 0
         self.first_bin_ns: int | None = None
         self.last_bin_ns: int | None = None
-        self._buf: list[tuple[int, bytes]] = []
+        self._buf: list[tuple[int, bytes | _LazyBin]] = []
         self._buf_bytes = 0
         self._buf_lock = threading.Lock()
         self._io_lock = threading.Lock()
@@ -168,7 +185,7 @@ class Recorder:
         self._thread.start()
 
     # ------------------------------------------------------------------ hot path
-    def _put(self, rtype: RecordType, payload: bytes) -> None:
+    def _put(self, rtype: RecordType, payload: bytes | _LazyBin) -> None:
         if self.error is not None or self._closed:
             self.lost_records += 1
             return
@@ -212,14 +229,18 @@ class Recorder:
                   pack([recv_ns, reason, [_frame_bytes(f) for f in frames]]))
 
     def bin(self, index: int, start_ns: int, decoded: np.ndarray | None, outcome: Any) -> None:
-        """What was published for one bin (``outcome``: guard Outcome or its record)."""
+        """What was published for one bin (``outcome``: guard Outcome or its record).
+
+        The decoded vector is copied now (the loop reuses its array); the record is built
+        and packed by the writer (a guard Outcome is not changed after the bin), so the
+        loop builds no dict for it.
+        """
         if decoded is None:
             dec = None
         else:
             d = np.ascontiguousarray(decoded)
             dec = [d.dtype.str, d.tobytes()]
-        self._put(RecordType.BIN, pack([index, start_ns, dec, outcome if isinstance(outcome, dict)
-                                          else outcome_record(outcome)]))
+        self._put(RecordType.BIN, _LazyBin(index, start_ns, dec, outcome))
         self.bins += 1
         if self.first_bin_ns is None:
             self.first_bin_ns = start_ns
@@ -250,7 +271,12 @@ class Recorder:
                 self.lost_records += len(batch)
                 return
             parts = []
-            for rtype, payload in batch:
+            for rtype, item in batch:
+                if isinstance(item, _LazyBin):
+                    payload = item.pack()
+                    time.sleep(0)  # packing holds the GIL: let a waiting loop thread have it
+                else:
+                    payload = item
                 parts.append(_HEAD.pack(len(payload),
                                         zlib.crc32(payload, zlib.crc32(bytes((rtype,)))), rtype))
                 parts.append(payload)

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 
 from service.loop.core import BinResult, CoreSink
-from service.loop.outcome import outcome_record
 from service.recording.recorder import Recorder
 from service.wire.protocol import Message
 
@@ -29,7 +28,7 @@ class RecorderSink(CoreSink):
     def bin(self, r: BinResult, recv_ns: int, in_seq: int) -> None:
         if self.recorder is not None:
             assert r.outcome is not None
-            self.recorder.bin(r.index, r.start_ns, r.decoded, outcome_record(r.outcome))
+            self.recorder.bin(r.index, r.start_ns, r.decoded, r.outcome)
 
     def event(self, ev: dict[str, Any]) -> None:
         if self.recorder is not None and not self.recorder.error:

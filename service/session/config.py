@@ -152,18 +152,27 @@ class SessionConfig(BaseModel):
     security: SecurityConfig = Field(default_factory=SecurityConfig)
     record: bool = Field(True, description="Write a recording of the session")
     gc_freeze: bool = Field(True, description="Freeze the GC after start-up (latency)")
-    cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU")
+    realtime: bool = Field(
+        True, description="Apply the best real-time layout the host permits (SCHED_FIFO, "
+                          "cpu_dma_latency 0, a CPU of its own when there are spare ones); "
+                          "what is refused is shown in the status with how to grant it. "
+                          "false: an ordinary process (explicit settings below still apply)")
+    cpu: int | None = Field(None, ge=0, description="Pin the session process to this CPU "
+                                                    "(none: the server picks one when "
+                                                    "realtime is on and there are spare cores)")
     spin: bool = Field(False, description="Busy-poll the input instead of blocking: lowest "
                                           "latency, costs a whole core")
     rt_priority: int | None = Field(
         None, ge=1, le=99,
         description="Run the session process (and libzmq's I/O thread) under SCHED_FIFO at "
-                    "this priority; needs root or CAP_SYS_NICE, else the session says so")
+                    "this priority (none: 50 when realtime is on); needs root or "
+                    "CAP_SYS_NICE, else the session says so")
     cpu_dma_latency_us: int | None = Field(
         None, ge=0, le=10_000,
         description="While the session runs, ask the kernel (/dev/cpu_dma_latency) to keep "
-                    "idle CPUs in idle states that wake within this many µs; 0 = poll. "
-                    "Cuts wake-up latency on every hop, costs idle CPU time; needs root")
+                    "idle CPUs in idle states that wake within this many µs; 0 = poll "
+                    "(none: 0 when realtime is on). Cuts wake-up latency on every hop, "
+                    "costs idle CPU time; needs root")
     redis: RedisConfig | None = Field(None, description="Streams in Redis (scale-out); none "
                                                         "by default")
     placement: dict[str, str] = Field(

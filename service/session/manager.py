@@ -33,6 +33,7 @@ from typing import Any
 from service.cluster.redis_streams import redact
 from service.session.config import SessionConfig
 from service.session.control import SessionUnreachable, call
+from service.session.realtime import pick_cpu
 from service.session.store import Store
 from service.wire.net import is_loopback
 from stim.limits import SafetyLimits
@@ -103,6 +104,7 @@ class SessionManager:
         self.min_free_bytes = min_free_bytes
         self._procs: dict[str, subprocess.Popen] = {}
         self._replays: dict[str, subprocess.Popen] = {}
+        self._cpus: dict[str, int | None] = {}  # the CPU each session started here runs on
         self._exports: list[threading.Thread] = []
         self.exit_with_parent = exit_with_parent  # sessions of a worker die with it
         self.cluster = cluster  # service.cluster.registry.Cluster: sessions run on workers
@@ -321,6 +323,9 @@ class SessionManager:
             sock.unlink()
         if cfg.output.endpoint == "ipc":
             cfg.output.endpoint = f"ipc://{sdir / 'output.sock'}"
+        if cfg.realtime and cfg.cpu is None:  # spread real-time sessions over the cores
+            cfg.cpu = pick_cpu(os.sched_getaffinity(0), self._pinned_cpus())
+        self._cpus[sid] = cfg.cpu
         cfg_path = self.run_dir / f"{sid}.config.json"
         cfg_path.write_text(cfg.model_dump_json())
         control = f"ipc://{sdir / 'control.sock'}"
@@ -357,6 +362,11 @@ class SessionManager:
         self._kill(sid, proc.pid)
         self.store.update_session(sid, state="failed", error="session did not start in time")
         raise SessionError(f"session {sid} did not answer within {self.start_timeout_s:.0f} s")
+
+    def _pinned_cpus(self) -> builtins.list[int | None]:
+        """The CPUs of this host's sessions whose processes still run."""
+        return [cpu for sid, cpu in self._cpus.items()
+                if sid in self._procs and self._procs[sid].poll() is None]
 
     def stop(self, sid: str, timeout_s: float = 15.0) -> dict[str, Any]:
         row = self._row(sid)

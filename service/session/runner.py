@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -32,6 +31,7 @@ import zmq
 
 from decoders.base import Decoder
 from service.loop.core import (
+    SPIKE_KINDS,
     BinResult,
     Control,
     ControlOp,
@@ -39,10 +39,12 @@ from service.loop.core import (
     SessionState,
     fit_calibration,
 )
-from service.loop.outcome import outcome_record
+from service.loop.outcome import command_fields
 from service.recording.sink import RecorderSink
 from service.session.config import SessionConfig
+from service.session.deadline import DeadlineAccounting
 from service.session.metrics import SessionMetrics
+from service.session.realtime import Layout, apply_layout
 from service.wire import protocol as P
 from service.wire.curve import connect_curve, ensure_cert, public_key, serve_curve
 from stim.audit import AuditLog
@@ -54,6 +56,8 @@ from stim.watchdog import Watchdog
 
 now_ns = time.perf_counter_ns
 log = logging.getLogger(__name__)
+#: a stim message's content: status, the command's fields (None: none sent), reasons
+StimMessage = tuple[str, dict[str, Any] | None, list[str]]
 
 
 class LiveSink(RecorderSink):
@@ -67,6 +71,8 @@ class LiveSink(RecorderSink):
     def accepted(self, frames: list[Any], msg: P.Message, recv_ns: int) -> None:
         super().accepted(frames, msg, recv_ns)
         self.r.metrics.stages["parse"].observe_ns(now_ns() - recv_ns)
+        if msg.header.kind in SPIKE_KINDS:
+            self.r.frame_src_ns = msg.header.t_ns
 
     def bin(self, r: BinResult, recv_ns: int, in_seq: int) -> None:
         run = self.r
@@ -75,13 +81,11 @@ class LiveSink(RecorderSink):
         assert out is not None
         t_done = now_ns()
         run.watchdog.feed(t_done)
-        od = outcome_record(out)
-        run.publish_stim(run.physical(od, out, r.index, t_done), out.t_ns, r.index, in_seq)
+        run.publish_stim(run.physical(out, r.index, t_done), out.t_ns, r.index, in_seq)
         t_sent = now_ns()
         m.stages["stim"].observe_ns(t_sent - t_done)
         m.e2e(t_sent - recv_ns)
-        if t_sent - recv_ns > run.cfg.bin_ns:
-            m.counters["missed_bins"] += 1
+        run.deadline.bin_sent(recv_ns, t_sent)
         if r.decoded is not None:
             truth = r.truth
             run.emit(P.encode_array(
@@ -92,13 +96,12 @@ class LiveSink(RecorderSink):
                  "names": run.output_names}), copy=False)
         m.stages["publish"].observe_ns(now_ns() - t_sent)
         run.audit.record(out)  # after the command and the decoded vector are out
-        if self.recorder is not None:
-            self.recorder.bin(r.index, r.start_ns, r.decoded, od)
+        if self.recorder is not None:  # the record is built by the recorder's writer
+            self.recorder.bin(r.index, r.start_ns, r.decoded, out)
 
     def outcome(self, out: Outcome, index: int) -> None:
         run = self.r
-        run.publish_stim(run.physical(outcome_record(out), out, index, now_ns()), out.t_ns,
-                         index, -1)
+        run.publish_stim(run.physical(out, index, now_ns()), out.t_ns, index, -1)
         run.audit.record(out)
 
     def event(self, ev: dict[str, Any]) -> None:
@@ -128,7 +131,7 @@ class SessionRunner:
         self.run_dir = run_dir
         self.models_dir = models_dir
         self.recordings_dir = recordings_dir
-        self.scheduling = "SCHED_OTHER"
+        self.layout = Layout()  # what the process applied at start (main sets it)
         self.metrics = SessionMetrics()
         self.stop_requested = False
         self.mirror: Any = None  # RecordingMirror, with redis.mirror_recording
@@ -144,6 +147,9 @@ class SessionRunner:
         # The loop's counters are the core's (frames, bins, stim statuses, ...).
         self.metrics.counters = self.core.counters
         self.metrics.rejected = self.core.rejected
+        # Missed bins, put down to the platform or the software (service.session.deadline).
+        self.deadline = DeadlineAccounting(config.bin_ns, self.core.counters)
+        self.frame_src_ns: int | None = None  # source time of the spike frame being handled
         self.output_names: list[str] = []
         self._fit_thread: threading.Thread | None = None
         self._fitted: Decoder | None = None
@@ -292,10 +298,11 @@ class SessionRunner:
         heartbeat_ns = int(self.cfg.output.heartbeat_ms * 1e6)
         next_heartbeat = now_ns()
         poll_ms = 0 if self.cfg.spin else max(1, int(self.cfg.output.heartbeat_ms / 2))
-        ingest, control = self.ingest, self.control
+        ingest, control, deadline = self.ingest, self.control, self.deadline
         while not self.stop_requested:
             events = dict(self.poller.poll(poll_ms))
             if ingest in events:
+                deadline.start_wake(now_ns())
                 # Drain everything queued before looking at control or timers.
                 while True:
                     try:
@@ -306,10 +313,15 @@ class SessionRunner:
                     if len(frames) > 1 and frames[0].bytes not in self.topics:
                         self._unmatched(frames[0].bytes)
                         continue
+                    self.frame_src_ns = None
+                    t_recv = now_ns()
+                    deadline.start_frame(t_recv)
                     try:
-                        self.core.accept(frames, now_ns())
+                        self.core.accept(frames, t_recv)
                     except Exception as exc:  # a bug must not end the loop: safe, and say so
                         self._frame_fault(frames, exc)
+                    deadline.end_frame(self.frame_src_ns)
+                deadline.end_wake()
             if control in events:
                 self._on_control()
             if self.disarm_signalled:
@@ -345,19 +357,19 @@ class SessionRunner:
                             "source.behavior_topic or publish on those", self.id, topic,
                             *self.topics)
 
-    def physical(self, od: dict[str, Any], out: Outcome, index: int, wall_ns: int
-                 ) -> dict[str, Any]:
-        """``od`` as the stimulator must get it: a new command passes the physical monitor
-        (only a change: an unchanged command is held, and ``tick`` bounds it in time)."""
+    def physical(self, out: Outcome, index: int, wall_ns: int) -> StimMessage:
+        """``out`` as the stimulator must get it: (status, command fields, reasons). A new
+        command passes the physical monitor (only a change: an unchanged command is held,
+        and ``tick`` bounds it in time)."""
         cmd = out.command
         if cmd is None:
-            return od
+            return out.status, None, out.reasons
         admitted, why = self.monitor.admit(cmd, wall_ns)
         if why is None:
-            return od
+            return out.status, command_fields(cmd), out.reasons
         return self._intervened(admitted, why, index, out.t_ns)
 
-    def _intervened(self, cmd: Any, why: str, index: int, t_ns: int) -> dict[str, Any]:
+    def _intervened(self, cmd: Any, why: str, index: int, t_ns: int) -> StimMessage:
         """The monitor changed what is sent: say so on every channel, once."""
         self.metrics.counters["monitor_interventions"] += 1
         cmd_dict = command_to_dict(cmd)
@@ -368,8 +380,7 @@ class SessionRunner:
         self.audit.event("monitor", t_ns, reason=why, command=cmd_dict)
         if self.metrics.counters["monitor_interventions"] <= 10:
             log.warning("session %s: %s", self.id, reason)
-        return {"status": "safe" if cmd.is_off else "clamped", "command": cmd_dict,
-                "reasons": [reason]}
+        return "safe" if cmd.is_off else "clamped", cmd_dict, [reason]
 
     def _tick_monitor(self, wall_ns: int) -> None:
         """Between commands: the command in force may cross a time bound (continuous-on,
@@ -381,18 +392,18 @@ class SessionRunner:
             self.publish_stim(self._intervened(cmd, why, index, self.core.session_ns()),
                               self.core.session_ns(), index, -1)
 
-    def publish_stim(self, od: dict[str, Any], t_ns: int, index: int, in_seq: int) -> None:
+    def publish_stim(self, stim: StimMessage, t_ns: int, index: int, in_seq: int) -> None:
         """``cmd``: what the stimulator applies now (None: keep its present state);
         ``in_force``: the last command published, what it should be doing after this
         message (information only: re-applying it changes nothing)."""
         self._out_seq += 1
-        if od["command"] is not None:
-            self._in_force = od["command"]
+        status, cmd, reasons = stim
+        if cmd is not None:
+            self._in_force = cmd
         self.emit(P.encode_control(
             b"stim", P.KIND_STIM, self.id, self._out_seq, t_ns,
-            {"status": od["status"], "cmd": od["command"], "in_force": self._in_force,
-             "reasons": od["reasons"], "bin": index, "in_seq": in_seq,
-             "armed": self.core.guard.armed}))
+            {"status": status, "cmd": cmd, "in_force": self._in_force, "reasons": reasons,
+             "bin": index, "in_seq": in_seq, "armed": self.core.guard.armed}))
 
     def _heartbeat(self) -> None:
         self._out_seq += 1
@@ -519,7 +530,8 @@ class SessionRunner:
             return {"ok": True, "status": self.status()}
         if cmd == "metrics":
             self._redis_counters()
-            return {"ok": True, "metrics": self.metrics.summary()}
+            return {"ok": True, "metrics": self.metrics.summary()
+                    | {"realtime": self.layout.to_dict()}}
         if cmd == "latency":
             extra.append(self.metrics.e2e_samples().tobytes())
             return {"ok": True}
@@ -558,7 +570,8 @@ class SessionRunner:
             "state": core.state.value,
             "error": core.error,
             "degraded": core.degraded,
-            "scheduling": self.scheduling,
+            "scheduling": self.layout.text() or "SCHED_OTHER",
+            "realtime": self.layout.to_dict(),
             "pid": os.getpid(),
             "output_endpoint": self.output_endpoint,
             "public_key": self.public_key,
@@ -585,6 +598,7 @@ class SessionRunner:
             "recording": str(self.recording_path) if self.recording_path else None,
             "recording_mirror": self.mirror.stats() if self.mirror is not None else None,
             "latency_e2e": self.metrics.summary()["latency_e2e"],
+            "missed": self.deadline.summary(),
             "redis": {"ingest": redis_ingest, "mirror": redis_mirror}
             if self.cfg.redis is not None else None,
         }
@@ -637,49 +651,6 @@ def _bind(sock: zmq.Socket, endpoint: str) -> str:
     return sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
-def set_scheduling(cpu: int | None, rt_priority: int | None) -> str:
-    """Pin and/or raise the process before any ZeroMQ context exists.
-
-    Threads inherit both, so libzmq's I/O thread (which carries every send) gets
-    them too. Refusal (no CAP_SYS_NICE) is reported, not fatal: the loop still
-    runs, and the status says under which policy.
-    """
-    notes = []
-    if cpu is not None:
-        try:
-            os.sched_setaffinity(0, {cpu})
-            notes.append(f"cpu {cpu}")
-        except OSError as exc:
-            notes.append(f"cpu {cpu} refused ({exc.strerror})")
-    if rt_priority:
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
-            notes.append(f"SCHED_FIFO {rt_priority}")
-        except OSError as exc:
-            notes.append(f"SCHED_OTHER: SCHED_FIFO {rt_priority} refused ({exc.strerror}); "
-                         "grant CAP_SYS_NICE or run as root")
-    else:
-        notes.append("SCHED_OTHER")
-    text = ", ".join(notes)
-    log.info("scheduling: %s", text)
-    return text
-
-
-def hold_cpu_dma_latency(us: int | None) -> tuple[int | None, str]:
-    """Keep idle CPUs out of deep idle states for as long as the returned fd stays open.
-
-    The kernel's PM QoS interface: a deep idle state (or, in a VM, a halted vCPU) can take
-    tens to hundreds of µs to wake, and every ZeroMQ hop wakes a thread. Writing 0 makes
-    idle CPUs poll instead. Closing the fd (or the process ending) lifts the request.
-    """
-    if us is None:
-        return None, ""
-    try:
-        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
-    except OSError as exc:
-        return None, f"cpu_dma_latency {us} us refused ({exc.strerror}); needs root"
-    os.write(fd, struct.pack("i", us))
-    return fd, f"cpu_dma_latency {us} us"
 
 
 def _recording_summary(cfg: SessionConfig) -> dict[str, Any]:
@@ -726,15 +697,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cfg = SessionConfig.model_validate_json(a.config.read_text())
-    scheduling = set_scheduling(cfg.cpu, cfg.rt_priority)
-    _qos_fd, qos_note = hold_cpu_dma_latency(cfg.cpu_dma_latency_us)  # held until exit
-    if qos_note:
-        scheduling += ", " + qos_note
+    layout = apply_layout(cfg)  # before any ZeroMQ context: its I/O thread inherits it
     runner = None
     try:
         runner = SessionRunner(a.id, cfg, a.control, a.run_dir, a.models_dir, a.recordings_dir,
                                a.keys_dir, a.audit_dir)
-        runner.scheduling = scheduling
+        runner.layout = layout  # its PM QoS fd stays open as long as the process lives
         if a.exit_with_parent:
             runner.parent_pid = os.getppid()
 
