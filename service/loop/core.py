@@ -377,9 +377,16 @@ class SessionCore:
                 self.truth_names = list(h.extra.get("names") or
                                         [f"x{i}" for i in range(h.channels)])
                 self._set_adaptation()  # the names map behaviour onto decoder outputs
+            self.counters["behavior_frames"] += 1
+            if msg.values.size == 0:
+                # An empty behaviour frame: "no behaviour from here on" (a gap, outside the
+                # trials): the bins that follow get no truth, so they are neither calibrated
+                # nor adapted on, and a stale value is never taken for the truth.
+                self.truth, self.truth_t_ns = None, -1
+                self.counters["behavior_gaps"] += 1
+                return
             self.truth = msg.values
             self.truth_t_ns = h.t_ns
-            self.counters["behavior_frames"] += 1
             return
         self.counters["frames"] += 1
         if h.kind == P.KIND_EVENTS:
