@@ -169,6 +169,30 @@ def _nwb_recording(path: Path, chunk_ms: float, bin_ms: float | None, stream: st
                                           r.behavior_names or None))
 
 
+def session_metadata(rec: Recording) -> dict[str, Any]:
+    """``SessionConfig.metadata`` for a session fed by ``rec``: an NWB file's subject,
+    experimenter and description carried on, and the file named as the origin."""
+    meta = rec.info.get("nwb")
+    if not meta:
+        return {}
+    out: dict[str, Any] = {
+        "session_description": meta.get("session_description"),
+        "experimenter": meta.get("experimenter", []),
+        "origin": {"path": rec.path, "identifier": meta.get("identifier"),
+                   "session_start_time": meta.get("session_start_time"),
+                   "session_id": meta.get("session_id")},
+    }
+    for key in ("institution", "lab"):
+        if meta.get(key):
+            out[key] = meta[key]
+    subject = dict(meta.get("subject") or {})
+    if subject.get("subject_id"):
+        if subject.get("sex") not in ("M", "F", "U", "O"):
+            subject["sex"] = "U"
+        out["subject"] = subject
+    return out
+
+
 def _dataset_recording(name: str, bin_ms: float | None, stream: str) -> Recording:
     r = DatasetReader(name, bin_ms=bin_ms)
     names = r.dataset.output_names
@@ -311,4 +335,4 @@ def run_in_process(rec: Recording, core: SessionCore,
 
 
 __all__ = ["Recording", "ReplayStats", "chunk_frames", "open_recording",
-           "publish", "run_in_process", "text_progress", "Pacer"]
+           "publish", "run_in_process", "session_metadata", "text_progress", "Pacer"]

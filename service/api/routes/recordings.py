@@ -35,7 +35,7 @@ def replay_recording(name: str, body: ReplayIn, request: Request, manager: Manag
     """Start a new session fed by this recording (its own config unless overridden)."""
     stim_limits_need_stim(request, ((body.session or {}).get("stim") or {}).get("limits"),
                           authorization)
-    return manager.replay(_recording(manager, name), body.speed, body.session)
+    return manager.replay(_recording(manager, name), body.speed, body.session, body.behavior)
 
 
 def _recording(manager: SessionManager, name: str) -> Path:
