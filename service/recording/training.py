@@ -112,7 +112,8 @@ def recording_arrays(path: str | Path, bin_ms: float | None = None
 
 def nwb_config(channels: int, bin_ms: float) -> SessionConfig:
     """The session config an NWB replay is decoded with (offline here, live the same)."""
-    return SessionConfig(name="nwb-training", bin_ms=bin_ms, source={"channels": channels})
+    return SessionConfig(name="nwb-training", bin_ms=bin_ms, source={"channels": channels},
+                         stim={"policy": {}})
 
 
 def _test_intervals(bins: Bins, ok: np.ndarray, split: str, trials: np.ndarray | None

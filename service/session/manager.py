@@ -433,7 +433,10 @@ class SessionManager:
 
         bin_ms = float((overrides or {}).get("bin_ms") or SessionConfig().bin_ms)
         rec = open_recording(recording, bin_ms=bin_ms if behavior else None, behavior=behavior)
-        base: dict[str, Any] = {"metadata": session_metadata(rec)} if rec.kind == "nwb" else {}
+        base: dict[str, Any] = {}
+        if rec.kind == "nwb":
+            # A lab's file has its own outputs: no stimulation policy unless one is asked for.
+            base = {"metadata": session_metadata(rec), "stim": {"policy": {}}}
         if rec.kind == "log":
             from service.recording.recorder import RecordType, read_log
 
