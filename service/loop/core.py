@@ -386,7 +386,7 @@ class SessionCore:
                                         [f"x{i}" for i in range(h.channels)])
                 self._set_adaptation()  # the names map behaviour onto decoder outputs
             self.counters["behavior_frames"] += 1
-            if msg.values.size == 0:
+            if msg.values is None or msg.values.size == 0:
                 # An empty behaviour frame: "no behaviour from here on" (a gap, outside the
                 # trials): the bins that follow get no truth, so they are neither calibrated
                 # nor adapted on, and a stale value is never taken for the truth.

@@ -85,30 +85,45 @@ class _Collected:
         self.discarded_bytes = 0
         self.core: SessionCore | None = None
         self.origin_ns: int | None = None  # session clock at the start of bin 0
+        self._pending: list[tuple[int, int, np.ndarray]] = []  # behaviour awaiting a spike frame
 
     def add_input(self, frames: list[bytes], recv_ns: int, accepted: bool) -> None:
-        """Run a frame through the core (as the session did); keep it if it was accepted."""
+        """Run a frame through the core (as the session did); keep it if it was accepted.
+
+        A behaviour frame is placed on the session clock with the next spike frame: the
+        first behaviour frame of a restarted source comes before the spike frame that
+        tells the core about the restart, and belongs to the new segment when its epoch
+        is the new one.
+        """
         assert self.core is not None
         before = sum(self.core.rejected.values())
+        off_before = self.core.source_offset_ns()
         self.core.accept(frames, recv_ns)
         if not accepted or sum(self.core.rejected.values()) != before:
             return
         msg = decode(frames)
         h = msg.header
+        if h.kind == KIND_BEHAVIOR:
+            if self.truth_names is None and h.extra.get("names"):
+                self.truth_names = [str(n) for n in h.extra["names"]]
+            # an empty frame marks "no behaviour": a gap, not a sample
+            if msg.values is not None and msg.values.size:
+                self._pending.append((h.t_ns, h.epoch, np.array(msg.values, np.float64)))
+            return
         off = self.core.source_offset_ns()
+        self.flush_behavior(off, h.epoch, off_before)
         if h.kind == KIND_EVENTS:
             self.ids.append(np.array(msg.ids, np.int64))
             self.times.append(np.array(msg.times, np.int64) + off)
         elif h.kind == KIND_COUNTS:
             self.count_t.append(h.t_ns + off)
             self.count_rows.append(np.array(msg.values, np.float64))
-        elif h.kind == KIND_BEHAVIOR:
-            if self.truth_names is None and h.extra.get("names"):
-                self.truth_names = [str(n) for n in h.extra["names"]]
-            if msg.values.size:  # an empty frame marks "no behaviour": a gap, not a sample
-                self.truth_t.append(h.t_ns + off)
-                self.truth_rows.append(np.array(msg.values, np.float64))
 
+    def flush_behavior(self, off: int, epoch: int | None = None, off_old: int = 0) -> None:
+        for t, ep, values in self._pending:
+            self.truth_t.append(t + (off if epoch is None or ep == epoch else off_old))
+            self.truth_rows.append(values)
+        self._pending.clear()
 
     def rel(self, t_ns: Any) -> Any:
         """Session-clock ns -> seconds in the file (from the start of bin 0)."""
@@ -148,6 +163,8 @@ def _collect(log_path: Path, progress: Progress | None) -> _Collected:
             progress(rec.offset, total)
             nxt = rec.offset + total // 100
     c.clean, c.discarded_bytes = reader.clean, reader.discarded_bytes
+    if c.core is not None:
+        c.flush_behavior(c.core.source_offset_ns())
     if c.origin_ns is None:  # no bin completed: the first frame's time is the origin
         firsts = [int(t.min()) for t in c.times if len(t)] + c.count_t[:1] + c.truth_t[:1]
         c.origin_ns = min(firsts) if firsts else 0
