@@ -138,16 +138,41 @@ def session_create(
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
         api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
         token: str | None = typer.Option(None),
+        subject: str | None = typer.Option(None, help="Subject id (for the NWB export)"),
+        species: str | None = typer.Option(None, help="Subject species, e.g. 'Macaca mulatta'"),
+        experimenter: list[str] = typer.Option([], help="'Last, First' (repeatable)"),
+        description: str | None = typer.Option(None, help="Session description"),
+        metadata_from: Path | None = typer.Option(None, exists=True, help=(
+            "Take subject, experimenter and description from this NWB file (e.g. the "
+            "file `spikeloop replay` publishes)")),
         as_json: bool = typer.Option(False, "--json", help="Print the whole session record")):
     """Create a session (from a JSON config file, or from options); prints its id.
 
     Example: spikeloop session create --channels 96 --decoder kalman --calibration-s 20
+      --subject monkey-J --species "Macaca mulatta" --experimenter "Doe, Jane"
     """
     cfg: dict[str, Any] = json.loads(config.read_text()) if config else {
         "name": name, "bin_ms": bin_ms,
         "source": {"endpoint": source, "channels": channels},
         "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
     }
+    meta = dict(cfg.get("metadata") or {})
+    if metadata_from is not None:
+        from service.recording.replay import nwb_session_metadata
+        from sources.nwb import inventory
+
+        meta |= nwb_session_metadata(inventory(metadata_from).metadata, str(metadata_from))
+    if subject or species:
+        meta["subject"] = dict(meta.get("subject") or {}) | (
+            {"subject_id": subject} if subject else {}) | (
+            {"species": species} if species else {})
+        meta["subject"].setdefault("subject_id", "unknown")
+    if experimenter:
+        meta["experimenter"] = list(experimenter)
+    if description:
+        meta["session_description"] = description
+    if meta:
+        cfg["metadata"] = meta
     with _client(api, data_dir, token) as c:
         _show(c.create_session(cfg), as_json)
 

@@ -188,3 +188,17 @@ def test_live_replay_of_a_foreign_file_calibrates_and_decodes_with_train_r2(serv
         "session": {"bin_ms": BIN_MS, "decoder": {"type": "wiener", "calibration_s": 20}}})
     wait_for(lambda: c.session(cal["id"])["state"] == "running", 120, "calibration on replay")
     assert c.stop(cal["id"])["state"] == "stopped"
+
+
+def test_cli_session_create_takes_metadata_from_options_and_from_an_nwb_file(server, files):
+    out = _cli("session", "create", "--api", server.url, "--data-dir", str(server.data_dir),
+               "--channels", "24", "--metadata-from", str(files["position"]),
+               "--species", "Rattus norvegicus domestica", "--description", "day 3", "--json")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    meta = json.loads(out.stdout)["config"]["metadata"]
+    assert meta["subject"]["subject_id"] == "rat07"  # from the file
+    assert meta["subject"]["species"] == "Rattus norvegicus domestica"  # the option wins
+    assert meta["experimenter"] == ["Doe, Jane"] and meta["session_description"] == "day 3"
+    assert meta["origin"]["identifier"] == "foreign-position"

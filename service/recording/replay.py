@@ -173,12 +173,15 @@ def session_metadata(rec: Recording) -> dict[str, Any]:
     """``SessionConfig.metadata`` for a session fed by ``rec``: an NWB file's subject,
     experimenter and description carried on, and the file named as the origin."""
     meta = rec.info.get("nwb")
-    if not meta:
-        return {}
+    return nwb_session_metadata(meta, rec.path) if meta else {}
+
+
+def nwb_session_metadata(meta: dict[str, Any], path: str) -> dict[str, Any]:
+    """``SessionConfig.metadata`` from an NWB file's metadata (``sources.nwb.inventory``)."""
     out: dict[str, Any] = {
         "session_description": meta.get("session_description"),
         "experimenter": meta.get("experimenter", []),
-        "origin": {"path": rec.path, "identifier": meta.get("identifier"),
+        "origin": {"path": path, "identifier": meta.get("identifier"),
                    "session_start_time": meta.get("session_start_time"),
                    "session_id": meta.get("session_id")},
     }
