@@ -202,3 +202,16 @@ def test_cli_session_create_takes_metadata_from_options_and_from_an_nwb_file(ser
     assert meta["subject"]["species"] == "Rattus norvegicus domestica"  # the option wins
     assert meta["experimenter"] == ["Doe, Jane"] and meta["session_description"] == "day 3"
     assert meta["origin"]["identifier"] == "foreign-position"
+
+    from clients.control import ControlError
+
+    rec_dir = server.data_dir / "recordings"
+    rec_dir.mkdir(parents=True, exist_ok=True)
+    for f in (files["position"], files["no_units"]):
+        shutil.copy(f, rec_dir / f.name)
+    c = server.client()
+    for name, behavior, says in ((files["position"].name, "speed", "no behaviour series"),
+                                 (files["no_units"].name, None, "no Units table")):
+        with pytest.raises(ControlError) as err:
+            c._call("POST", f"/recordings/{name}/replay", json={"behavior": behavior})
+        assert err.value.status == 422 and says in str(err.value.detail)
