@@ -138,16 +138,41 @@ def session_create(
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
         api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
         token: str | None = typer.Option(None),
+        subject: str | None = typer.Option(None, help="Subject id (for the NWB export)"),
+        species: str | None = typer.Option(None, help="Subject species, e.g. 'Macaca mulatta'"),
+        experimenter: list[str] = typer.Option([], help="'Last, First' (repeatable)"),
+        description: str | None = typer.Option(None, help="Session description"),
+        metadata_from: Path | None = typer.Option(None, exists=True, help=(
+            "Take subject, experimenter and description from this NWB file (e.g. the "
+            "file `spikeloop replay` publishes)")),
         as_json: bool = typer.Option(False, "--json", help="Print the whole session record")):
     """Create a session (from a JSON config file, or from options); prints its id.
 
     Example: spikeloop session create --channels 96 --decoder kalman --calibration-s 20
+      --subject monkey-J --species "Macaca mulatta" --experimenter "Doe, Jane"
     """
     cfg: dict[str, Any] = json.loads(config.read_text()) if config else {
         "name": name, "bin_ms": bin_ms,
         "source": {"endpoint": source, "channels": channels},
         "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
     }
+    meta = dict(cfg.get("metadata") or {})
+    if metadata_from is not None:
+        from service.recording.replay import nwb_session_metadata
+        from sources.nwb import inventory
+
+        meta |= nwb_session_metadata(inventory(metadata_from).metadata, str(metadata_from))
+    if subject or species:
+        meta["subject"] = dict(meta.get("subject") or {}) | (
+            {"subject_id": subject} if subject else {}) | (
+            {"species": species} if species else {})
+        meta["subject"].setdefault("subject_id", "unknown")
+    if experimenter:
+        meta["experimenter"] = list(experimenter)
+    if description:
+        meta["session_description"] = description
+    if meta:
+        cfg["metadata"] = meta
     with _client(api, data_dir, token) as c:
         _show(c.create_session(cfg), as_json)
 
@@ -329,16 +354,24 @@ def replay(recording: str = typer.Argument(..., help="A .splog session log, an N
            speed: float = typer.Option(1.0, min=0.001, help="x real time"),
            fast: bool = typer.Option(False, help="As fast as possible (overrides --speed)"),
            wait_s: float = typer.Option(60.0, help="Wait this long for a subscriber"),
-           quiet: bool = typer.Option(False, help="No progress bar")):
+           quiet: bool = typer.Option(False, help="No progress bar"),
+           behavior: str | None = typer.Option(None, help="NWB: send this behaviour series as "
+                                                          "behaviour frames, one per bin"),
+           bin_ms: float | None = typer.Option(None, help="NWB with --behavior: the session's "
+                                                          "bin width"),
+           interval: str | None = typer.Option(None, help="NWB with --behavior: behaviour only "
+                                                          "in START:STOP (s, file time)")):
     """Publish a recording on the wire protocol, like a live source.
 
     Point a session's source.endpoint at ENDPOINT. Examples:
       spikeloop replay var/recordings/abc.splog --speed 10
       spikeloop replay ../shared/data/mc_maze_small/sub-Jenkins_ses-small_desc-test_ecephys.nwb
+      spikeloop replay rat07.nwb --behavior head_direction --bin-ms 20 --fast
     """
     from service.recording.replay import open_recording, publish, text_progress
 
-    rec = open_recording(recording)
+    rec = open_recording(recording, bin_ms=bin_ms, behavior=behavior,
+                         interval=_interval(interval))
     typer.echo(f"replaying {rec.kind} {recording}: {rec.channels} channels, "
                f"{rec.duration_s:.1f} s, on {endpoint}", err=True)
     stats = publish(rec, endpoint, None if fast else speed,
@@ -427,14 +460,73 @@ def recordings(data_dir: Path = typer.Option(DEFAULT_DATA)):
 
 
 # ============================================================================ models
+def _interval(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        a, b = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise ValueError(f"--interval {text!r}: give START:STOP in seconds of the file, "
+                         "e.g. 100:400") from None
+    if b <= a:
+        raise ValueError(f"--interval {text!r}: STOP must be after START")
+    return a, b
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., exists=True, help="An NWB file"),
+            as_json: bool = typer.Option(False, "--json", help="Everything as JSON")):
+    """What an NWB file holds (units, behaviour series, intervals, subject) and what can
+    be decoded from it.
+
+    Example: spikeloop inspect sub-rat07_ses-1.nwb
+    """
+    from sources.nwb import inventory
+
+    inv = inventory(path)
+    if as_json:
+        _print(inv.to_dict())
+        return
+    meta = inv.metadata
+    subj = meta.get("subject", {})
+    typer.echo(f"{path}: {inv.session_description!r}, started {inv.session_start_time}")
+    typer.echo(f"  subject: {subj.get('subject_id', '-')} ({subj.get('species', 'species ?')})"
+               f"; experimenter: {', '.join(meta.get('experimenter', [])) or '-'}")
+    if inv.units is None:
+        typer.echo("  units: none (no Units table)")
+    else:
+        obs = ", with obs_intervals" if inv.obs_intervals else ""
+        typer.echo(f"  units: {inv.units} with {inv.spikes} spikes, {inv.spikes_start_s:.2f} to "
+                   f"{inv.spikes_stop_s:.2f} s{obs}; electrodes: {inv.electrodes}")
+    typer.echo(f"  intervals: {inv.trials} trials, {inv.epochs} epochs")
+    typer.echo(f"  behaviour series: {len(inv.series)}")
+    for sr in inv.series:
+        angle = "  angle -> cos/sin" if sr.angular else ""
+        typer.echo(f"    {sr.name:20s} {sr.path}  [{sr.unit}] {sr.samples} samples "
+                   f"{sr.start_s:.2f}-{sr.stop_s:.2f} s -> {', '.join(sr.columns)}{angle}")
+    if inv.missing:
+        typer.echo(f"  cannot decode: {inv.missing}")
+    elif not inv.series:
+        typer.echo("  can replay the spikes; no behaviour series to train a decoder on")
+    else:
+        typer.echo(f"  can decode: spikeloop train {path} --behavior "
+                   f"{inv.series[0].name} --name MODEL")
+
+
 @app.command()
 def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | peyrache_hd, "
-                                                 "or a .splog session recording"),
+                                                 "a .splog session recording or an NWB file"),
           name: str = typer.Option(..., help="Model name in the store (sessions use it)"),
-          kind: str = typer.Option("snn", help="snn | kalman | wiener"),
+          kind: str = typer.Option("snn", help="snn | kalman | wiener | gru | lstm"),
           epochs: int | None = typer.Option(None, help="SNN training epochs"),
           seed: int = typer.Option(0),
-          bin_ms: float | None = typer.Option(None, help="Bin width for a recording"),
+          bin_ms: float | None = typer.Option(None, help="Bin width for a recording "
+                                                         "(NWB default 20)"),
+          behavior: str | None = typer.Option(None, help="NWB: the behaviour series to decode "
+                                                         "(`spikeloop inspect FILE` lists them)"),
+          interval: str | None = typer.Option(None, help="NWB: only START:STOP (s, file time)"),
+          split: str = typer.Option("time", help="NWB: test on the last 20 % by time, or on "
+                                                 "the last 20 % of trials (trials)"),
           data_dir: Path = typer.Option(DEFAULT_DATA),
           replace: bool = typer.Option(False, help="Train over a stored model of this name")):
     """Train a decoder (validation split, early stopping, seeded) into the model store.
@@ -442,6 +534,7 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
     Examples:
       spikeloop train contdata95 --name monkey-snn
       spikeloop train var/recordings/abc.splog --kind kalman --name day3
+      spikeloop train rat07.nwb --behavior head_direction --kind wiener --name hd
     """
     from decoders.bptt import text_progress
     from decoders.store import ModelStore
@@ -450,13 +543,17 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
     store = ModelStore(data_dir / "models")
     if not replace and name in {m["name"] for m in store.list()}:
         raise ValueError(f"model {name!r} exists; add --replace to train over it")
-    params = {"epochs": epochs} if epochs and kind == "snn" else {}
+    params = {"epochs": epochs} if epochs and kind in ("snn", "gru", "lstm") else {}
     b: float | None
+    if source.endswith(".nwb"):
+        _train_nwb(store, source, name, kind, params, seed, bin_ms or 20.0, behavior,
+                   _interval(interval), split)
+        return
     if source.endswith(".splog"):
         from service.recording.training import recording_arrays
 
-        counts, behavior, names, b = recording_arrays(source, bin_ms)
-        data: object = (counts, behavior)
+        counts, beh, names, b = recording_arrays(source, bin_ms)
+        data: object = (counts, beh)
         typer.echo(f"{source}: {len(counts)} bins of {b:g} ms, outputs {names}", err=True)
     else:
         data, names, b = source, None, bin_ms
@@ -465,6 +562,37 @@ def train(source: str = typer.Argument(..., help="contdata95 | mc_maze_small | p
     path = store.save(name, dec, meta | {"source": source})
     r2 = meta["metrics"].get("r2_mean")
     typer.echo(f"{path}" + (f"  test R² {r2:.3f}" if r2 is not None else ""))
+
+
+def _train_nwb(store, source: str, name: str, kind: str, params: dict[str, Any], seed: int,
+               bin_ms: float, behavior: str | None, interval: tuple[float, float] | None,
+               split: str) -> None:
+    from decoders.bptt import text_progress
+    from service.recording.training import train_nwb
+    from sources.nwb import inventory
+
+    inv = inventory(source)
+    if inv.missing:
+        raise ValueError(inv.missing)
+    if behavior is None:
+        names = ", ".join(sr.name for sr in inv.series) or "none in this file"
+        raise ValueError(f"{source}: name the behaviour to decode with --behavior "
+                         f"(series: {names})")
+    typer.echo(f"{source}: {inv.units} units, behaviour {behavior!r}, {bin_ms:g} ms bins, "
+               f"split by {split}", err=True)
+    dec, meta = train_nwb(source, behavior, kind, bin_ms, interval, split, seed, params,
+                          text_progress)
+    path = store.save(name, dec, meta | {"source": source})
+    m, ridge = meta["metrics"], meta["ridge"]
+    typer.echo(f"{path}")
+    typer.echo(f"  {meta['train_bins']} train bins, {m['test_bins']} test bins "
+               f"(outputs {', '.join(dec.output_names)})")
+    typer.echo(f"  test R² {m['r2_mean']:.3f} {kind}   {ridge['r2_mean']:.3f} ridge  "
+               f"(per output: {' '.join(f'{x:.3f}' for x in m['r2'])} vs "
+               f"{' '.join(f'{x:.3f}' for x in ridge['r2'])})")
+    if "angle_error_deg" in m:
+        typer.echo(f"  angle error {m['angle_error_deg']:.1f}° {kind}   "
+                   f"{ridge['angle_error_deg']:.1f}° ridge (mean absolute)")
 
 
 @app.command()

@@ -19,7 +19,7 @@ from service.recording.recorder import RecordType, read_log
 from service.recording.verify import verify
 from service.session.config import SessionConfig
 from service.session.simsession import run_frames
-from service.wire.protocol import KIND_BEHAVIOR, encode_array, encode_events
+from service.wire.protocol import KIND_BEHAVIOR, decode, encode_array, encode_events
 from sources.motor import MotorCortexSim
 
 pytestmark = pytest.mark.unit
@@ -189,7 +189,31 @@ def test_status_says_why_calibration_does_not_progress_without_behaviour():
             core.accept(f)
     why = core.stim_status()["why_not_stimulating"]
     assert core.state is SessionState.CALIBRATING
-    assert "0 of 150 bins" in why and "no behaviour frames" in why and "decoder.model" in why
+    assert "0 of 150 bins" in why and "no behaviour frames in 1 s" in why
+    assert "decoder.model" in why
+    assert core.calibration_status()["waiting"].startswith("no behaviour frames in 1 s")
+
+
+def test_empty_behaviour_frames_mean_no_truth_and_calibration_says_so():
+    """An empty behaviour frame (a replayed file's gap) ends the truth: the bins after it
+    are not calibrated on with the last value, and the status names why."""
+    core = SessionCore(_cfg())
+    core.begin()
+    names = {"names": ["x", "y", "vx", "vy"]}
+    seen: list[bool] = []
+    core.sink = OnBin(lambda r: seen.append(r.truth is not None))
+    for k, f in enumerate(segment(5, 1.0, epoch=1)):
+        if b"behavior" in bytes(f[0]):
+            h = decode(f).header
+            values = np.zeros(0) if k >= 100 else decode(f).values
+            f = encode_array(b"behavior", KIND_BEHAVIOR, "sim.behavior", h.seq, h.t_ns,
+                             np.asarray(values, "<f8"), epoch=1, extra=names)
+        core.accept(f)
+    # 50 behaviour frames of 5 ms = the first 12 whole bins of 20 ms, then none
+    assert seen[:12] == [True] * 12 and not any(seen[13:]) and len(seen) > 40
+    assert core.counters["behavior_gaps"] == 150
+    assert core.calibration_status()["bins"] == sum(seen)
+    assert core.calibration_status()["waiting"] == ""  # some bins came: not stuck on frames
 
 
 def test_a_source_restart_during_calibration_starts_calibration_over():

@@ -179,3 +179,88 @@ def test_dataset_replays_exact_counts_and_behaviour():
     run_in_process(rec, SessionCore(cfg, OnBin(on_bin)))
     np.testing.assert_array_equal(np.array(rows), ds.counts)
     np.testing.assert_array_equal(np.array(truth), ds.behavior)
+
+
+# --------------------------------------------------------------------------- DANDI-ready export
+
+META = {"subject": {"subject_id": "sim-monkey-1", "species": "Macaca mulatta", "sex": "M",
+                    "age": "P6Y", "description": "simulated motor cortex"},
+        "experimenter": ["Doe, Jane"], "session_description": "simulated reaching, restarted",
+        "institution": "Test Institute", "lab": "Closed Loop Lab", "device": "Utah array",
+        "location": "M1", "output_units": {"x": "cm", "y": "cm", "vx": "cm/s", "vy": "cm/s"}}
+
+
+def _segment(seed: int, seconds: float, epoch: int, shift_s: float):
+    """A simulated source's frames on its own clock (from ``shift_s``), with its epoch."""
+    from service.wire.protocol import KIND_BEHAVIOR, encode_array, encode_events
+
+    sim = MotorCortexSim(units=32, seed=seed)
+    shift = int(shift_s * 1e9)
+    names = {"names": list(sim.truth_names)}
+    for k in range(int(seconds * 1000 / 10)):
+        st = sim.advance(10_000_000)
+        yield encode_array(b"behavior", KIND_BEHAVIOR, "sim.behavior", k, st.t_ns + shift,
+                           st.truth, epoch=epoch, extra=names)
+        yield encode_events(b"spikes", "sim", k, st.t_ns + shift, 32, st.ids, st.times + shift,
+                            epoch=epoch)
+
+
+@pytest.fixture(scope="module")
+def restarted(tmp_path_factory) -> tuple[Path, Path, int]:
+    """A session whose source (clock at 1000 s) restarts after 5 s with its clock from 0."""
+    from itertools import chain
+
+    from service.session.simsession import run_frames
+
+    d = tmp_path_factory.mktemp("dandi")
+    cfg = SessionConfig(name="dandi", bin_ms=20.0, source={"channels": 32},
+                        decoder={"type": "kalman", "calibration_s": 2.0},
+                        stim={"policy": {"type": "speed_to_dbs", "gain_ma_per_cm_s": 0.2}},
+                        metadata=META)
+    second = list(_segment(2, 4.0, epoch=2, shift_s=0.0))
+    from service.wire.protocol import KIND_EVENTS, decode
+
+    n_second = sum(decode(f).header.n for f in second if decode(f).header.kind == KIND_EVENTS)
+    log = d / "s.splog"
+    run_frames(cfg, chain(_segment(1, 5.0, epoch=1, shift_s=1000.0), second), log,
+               events=[(150, {"op": "arm"})], flush_interval_s=0.05, fsync=False)
+    return log, export_nwb(log, d / "s.nwb"), n_second
+
+
+@pytest.mark.unit
+def test_export_with_metadata_passes_the_dandi_inspection(restarted):
+    _, nwb, _ = restarted
+    findings = inspect_nwb(nwb, config="dandi")
+    bad = [f for f in findings if f["importance"] in ("CRITICAL", "BEST_PRACTICE_VIOLATION",
+                                                      "ERROR", "PYNWB_VALIDATION")]
+    assert not bad, bad
+
+
+@pytest.mark.unit
+def test_export_times_are_relative_to_the_session_start_and_a_restart_is_a_segment(restarted):
+    from pynwb import NWBHDF5IO
+
+    log, nwb, n_second = restarted
+    with NWBHDF5IO(str(nwb), "r") as io:
+        f = io.read()
+        assert f.timestamps_reference_time == f.session_start_time
+        t = f.units.spike_times.data[:]
+        # Raw source clocks were 1000-1005 s, then 0-4 s again: the file holds 0-9 s.
+        assert 0.0 <= t.min() < 0.1 and 8.9 < t.max() < 9.05
+        assert int((t > 5.0).sum()) == n_second  # the second segment follows the first
+        ev = f.intervals["session_events"]
+        seg = [s for s, lab in zip(ev["start_time"][:], ev["label"][:], strict=True)
+               if lab == "segment"]
+        assert len(seg) == 1 and seg[0] == pytest.approx(5.0, abs=0.05)
+        stim = f.intervals["stimulation"]["start_time"][:]
+        assert np.all(np.diff(stim) > 0) and stim[0] == pytest.approx(0.02)
+        truth = f.processing["behavior"]["ground_truth"]
+        ts = truth.timestamps[:] if truth.timestamps is not None else None
+        assert ts is None or np.all(np.diff(ts) >= 0)
+        assert "x [cm]" in f.processing["behavior"]["decoded"].comments
+        assert len(f.electrodes) == 32 and f.electrodes["location"][0] == "M1"
+        assert f.units["electrodes"][3].index[0] == 3
+        assert f.devices["source"].description == "Utah array"
+        assert f.subject.species == "Macaca mulatta" and list(f.experimenter) == ["Doe, Jane"]
+        notes = json.loads(f.notes)
+        assert notes["time_origin_source_ns"] == pytest.approx(1000e9, abs=0.1e9)

@@ -65,8 +65,10 @@ class ModelJobs:
         return [n for n, p in self._jobs.items() if p.poll() is None]
 
     def train(self, name: str, source: str, kind: str, epochs: int | None,
-              seed: int, replace: bool = False) -> dict[str, Any]:
-        """``source``: a shared dataset name, or the name of a recording in the store.
+              seed: int, replace: bool = False, nwb: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        """``source``: a shared dataset name, or the name of a recording in the store
+        (a session log, or an NWB file with ``nwb`` = behavior, bin_ms, interval, split).
 
         Only those two: a REST caller must not make the server read arbitrary files.
         A stored model is replaced only when asked (``replace``).
@@ -90,6 +92,10 @@ class ModelJobs:
                kind, "--seed", str(seed), "--data-dir", str(self.data_dir)]
         if epochs:
             cmd += ["--epochs", str(epochs)]
+        for key, value in (nwb or {}).items():
+            if value is not None:
+                text = ":".join(str(v) for v in value) if key == "interval" else str(value)
+                cmd += [f"--{key.replace('_', '-')}", text]
         if replace:
             cmd += ["--replace"]
         with open(self._log(name), "wb") as log:

@@ -237,6 +237,14 @@ class SessionCore:
         k = self.binner.next_index if index is None else index
         return (self._base_ns or 0) + k * self.bin_ns
 
+    def source_offset_ns(self) -> int:
+        """Session clock minus the current segment's source clock (0 in the first segment;
+        0 before any frame anchored the bin grid)."""
+        b = self.binner
+        if b.origin_ns is None:
+            return 0
+        return (self._base_ns if self._base_ns is not None else b.origin_ns) - b.origin_ns
+
     @property
     def next_index(self) -> int:
         return self.binner.next_index
@@ -377,9 +385,16 @@ class SessionCore:
                 self.truth_names = list(h.extra.get("names") or
                                         [f"x{i}" for i in range(h.channels)])
                 self._set_adaptation()  # the names map behaviour onto decoder outputs
+            self.counters["behavior_frames"] += 1
+            if msg.values is None or msg.values.size == 0:
+                # An empty behaviour frame: "no behaviour from here on" (a gap, outside the
+                # trials): the bins that follow get no truth, so they are neither calibrated
+                # nor adapted on, and a stale value is never taken for the truth.
+                self.truth, self.truth_t_ns = None, -1
+                self.counters["behavior_gaps"] += 1
+                return
             self.truth = msg.values
             self.truth_t_ns = h.t_ns
-            self.counters["behavior_frames"] += 1
             return
         self.counters["frames"] += 1
         if h.kind == P.KIND_EVENTS:
@@ -577,10 +592,9 @@ class SessionCore:
         elif self.state is SessionState.CALIBRATING:
             why = (f"calibrating: {len(self._cal_counts)} of {self.calibration_needed} bins "
                    "with behaviour collected")
-            if self.counters["behavior_frames"] == 0:
-                why += (f"; no behaviour frames received on topic "
-                        f"{self.cfg.source.behavior_topic!r}: calibration needs them, or "
-                        "start the session with a stored model (decoder.model)")
+            waiting = self.calibration_waiting()
+            if waiting:
+                why += f"; {waiting}"
         elif out is not None and out.status in ("refused", "safe"):
             why = "; ".join(out.reasons) or out.status
         else:
@@ -589,10 +603,27 @@ class SessionCore:
                 "last_status": out.status if out is not None else None,
                 "why_not_stimulating": why}
 
+    def calibration_waiting(self) -> str:
+        """Why calibration is not progressing ("" when it is, or is not running)."""
+        if self.state is not SessionState.CALIBRATING or self._cal_counts:
+            return ""
+        c = self.counters
+        seconds = c["bins"] * self.cfg.bin_ms / 1000
+        if c["behavior_frames"] == 0:
+            return (f"no behaviour frames in {seconds:.0f} s of input on topic "
+                    f"{self.cfg.source.behavior_topic!r}: calibration needs them (replay an "
+                    "NWB file with --behavior NAME), or start the session with a stored model "
+                    "(decoder.model)")
+        if c["behavior_frames"] == c["behavior_gaps"]:
+            return (f"{c['behavior_frames']} behaviour frames in {seconds:.0f} s, all empty "
+                    "(no behaviour): no bin to calibrate on yet")
+        return ""
+
     def calibration_status(self) -> dict[str, Any]:
         return {"bins": len(self._cal_counts), "needed": self.calibration_needed,
                 "behavior_frames": self.counters["behavior_frames"],
-                "restarts": self.counters["calibration_restarts"]}
+                "restarts": self.counters["calibration_restarts"],
+                "waiting": self.calibration_waiting()}
 
 
 __all__ = ["BinResult", "Control", "ControlOp", "CoreSink", "OnBin", "SessionCore", "SessionState",

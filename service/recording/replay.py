@@ -120,8 +120,16 @@ def _header_t(frames: list[bytes]) -> int:
 
 
 def open_recording(spec: str | Path, chunk_ms: float = 10.0, bin_ms: float | None = None,
-                   stream: str = "replay") -> Recording:
-    """A session log, an NWB file, or ``dataset:NAME`` (or a shared dataset file)."""
+                   stream: str = "replay", behavior: str | None = None,
+                   interval: tuple[float, float] | None = None,
+                   within: str | None = None) -> Recording:
+    """A session log, an NWB file, or ``dataset:NAME`` (or a shared dataset file).
+
+    For an NWB file, ``behavior`` names a behaviour series to send as behaviour frames,
+    one per bin of ``bin_ms`` (needed then), so that a session can calibrate on it;
+    ``interval`` (s, s) and ``within`` (an intervals table, e.g. ``trials``) limit
+    the bins that carry behaviour.
+    """
     s = str(spec)
     if s.startswith("dataset:"):
         return _dataset_recording(s.split(":", 1)[1], bin_ms, stream)
@@ -133,11 +141,59 @@ def open_recording(spec: str | Path, chunk_ms: float = 10.0, bin_ms: float | Non
     if path.suffix == SUFFIX:
         return _log_recording(path)
     if path.suffix == ".nwb":
-        r = NwbUnitsReader(path, chunk_ms=chunk_ms)
-        return Recording("nwb", str(path), r.channels, r.start_ns, r.end_ns, r.describe(),
-                         lambda: chunk_frames(r.chunks(), r.channels, stream))
+        return _nwb_recording(path, chunk_ms, bin_ms, stream, behavior, interval, within)
     raise ValueError(f"{path}: unknown recording type (expected {SUFFIX}, .nwb, a shared "
                      f"dataset file {sorted(DATASET_FILES)} or dataset:NAME)")
+
+
+def _nwb_recording(path: Path, chunk_ms: float, bin_ms: float | None, stream: str,
+                   behavior: str | None, interval: tuple[float, float] | None,
+                   within: str | None) -> Recording:
+    from sources.nwb import inventory, load_behavior, load_intervals
+
+    inv = inventory(path)
+    if inv.missing:
+        raise ValueError(inv.missing)
+    beh = None
+    if behavior is not None:
+        if bin_ms is None:
+            raise ValueError(f"{path}: give the session's bin width (--bin-ms) to send "
+                             "behaviour: one behaviour frame goes with every bin")
+        beh = load_behavior(path, behavior)
+        chunk_ms = bin_ms
+    table = load_intervals(path, within) if within else None
+    r = NwbUnitsReader(path, chunk_ms=chunk_ms, behavior=beh, interval=interval, within=table)
+    info = r.describe() | {"nwb": inv.metadata}
+    return Recording("nwb", str(path), r.channels, r.start_ns, r.end_ns, info,
+                     lambda: chunk_frames(r.chunks(), r.channels, stream,
+                                          r.behavior_names or None))
+
+
+def session_metadata(rec: Recording) -> dict[str, Any]:
+    """``SessionConfig.metadata`` for a session fed by ``rec``: an NWB file's subject,
+    experimenter and description carried on, and the file named as the origin."""
+    meta = rec.info.get("nwb")
+    return nwb_session_metadata(meta, rec.path) if meta else {}
+
+
+def nwb_session_metadata(meta: dict[str, Any], path: str) -> dict[str, Any]:
+    """``SessionConfig.metadata`` from an NWB file's metadata (``sources.nwb.inventory``)."""
+    out: dict[str, Any] = {
+        "session_description": meta.get("session_description"),
+        "experimenter": meta.get("experimenter", []),
+        "origin": {"path": path, "identifier": meta.get("identifier"),
+                   "session_start_time": meta.get("session_start_time"),
+                   "session_id": meta.get("session_id")},
+    }
+    for key in ("institution", "lab"):
+        if meta.get(key):
+            out[key] = meta[key]
+    subject = dict(meta.get("subject") or {})
+    if subject.get("subject_id"):
+        if subject.get("sex") not in ("M", "F", "U", "O"):
+            subject["sex"] = "U"
+        out["subject"] = subject
+    return out
 
 
 def _dataset_recording(name: str, bin_ms: float | None, stream: str) -> Recording:
@@ -282,4 +338,4 @@ def run_in_process(rec: Recording, core: SessionCore,
 
 
 __all__ = ["Recording", "ReplayStats", "chunk_frames", "open_recording",
-           "publish", "run_in_process", "text_progress", "Pacer"]
+           "publish", "run_in_process", "session_metadata", "text_progress", "Pacer"]

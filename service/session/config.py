@@ -129,6 +129,61 @@ class RedisConfig(BaseModel):
         return url
 
 
+class SubjectInfo(BaseModel):
+    """The subject, as NWB (and DANDI) describe one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subject_id: str = Field(..., min_length=1, max_length=200)
+    species: str | None = Field(None, max_length=200, description="Latin binomial, e.g. "
+                                "'Macaca mulatta', or an NCBI taxonomy URL (DANDI requires it)")
+    sex: Literal["M", "F", "U", "O"] = "U"
+    age: str | None = Field(None, max_length=100,
+                            description="ISO 8601 duration, e.g. P90D; 'P0D/' if unknown")
+    description: str | None = Field(None, max_length=2000)
+    strain: str | None = Field(None, max_length=200)
+    genotype: str | None = Field(None, max_length=200)
+
+
+class ElectrodeSite(BaseModel):
+    """One input channel's electrode (a probe map entry)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    location: str = Field("unknown", max_length=200, description="Brain area")
+    x: float | None = None
+    y: float | None = None
+    z: float | None = None
+    group: str = Field("array", max_length=100, pattern=r"^[\w.\-]+$")
+
+
+class RecordingMetadata(BaseModel):
+    """Who and what was recorded: goes into the recording and its NWB export.
+
+    A replay of an NWB file fills it from the original file (``origin`` names it).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_description: str | None = Field(None, max_length=2000)
+    experimenter: list[str] = Field(default_factory=list, max_length=50,
+                                    description="'Last, First' names")
+    institution: str | None = Field(None, max_length=200)
+    lab: str | None = Field(None, max_length=200)
+    subject: SubjectInfo | None = None
+    device: str = Field("neural recording system", max_length=200,
+                        description="The acquisition device the channels come from")
+    location: str = Field("unknown", max_length=200,
+                          description="Brain area of every channel, unless electrodes say")
+    electrodes: list[ElectrodeSite] | None = Field(
+        None, max_length=65536, description="Probe map: one entry per input channel")
+    output_units: dict[str, str] = Field(default_factory=dict,
+                                         description="Unit of each decoded output, by name")
+    origin: dict[str, Any] = Field(default_factory=dict,
+                                   description="The original file of a replay (identifier, "
+                                               "path, session start)")
+
+
 class SessionConfig(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -179,6 +234,9 @@ class SessionConfig(BaseModel):
         default_factory=dict,
         description="With workers: run only on a worker whose labels include all of these "
                     '(e.g. {"rig": "rig-2"}, the host the source is attached to)')
+    metadata: RecordingMetadata = Field(default_factory=RecordingMetadata,
+                                        description="Subject, experimenter, electrodes: for "
+                                                    "the recording and its NWB export")
     failover: Literal["fail", "restart"] = Field(
         "fail", description="With workers: when the worker running this session is lost, mark "
                             "it failed, or restart it on another worker (stimulation disarmed "
@@ -216,6 +274,14 @@ class SessionConfig(BaseModel):
             raise ValueError("security.source_public_key secures a ZeroMQ source, but with "
                              "source.redis_stream the frames come from Redis: drop the key "
                              "and protect Redis instead (a password, rediss://)")
+        return self
+
+    @model_validator(mode="after")
+    def _probe_map_fits(self) -> SessionConfig:
+        sites = self.metadata.electrodes
+        if sites is not None and len(sites) != self.source.channels:
+            raise ValueError(f"metadata.electrodes lists {len(sites)} sites for "
+                             f"{self.source.channels} channels: give one per input channel")
         return self
 
     @property

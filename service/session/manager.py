@@ -432,17 +432,24 @@ class SessionManager:
 
     # ------------------------------------------------------------------ replay
     def replay(self, recording: Path, speed: float | None,
-               overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               overrides: dict[str, Any] | None = None,
+               behavior: str | None = None) -> dict[str, Any]:
         """Create and start a session fed by a recording published by its own process.
 
         The session config is the recording's own (for a session log) or a default
-        one, with ``overrides`` merged in and the source pointed at the replay.
+        one, with ``overrides`` merged in and the source pointed at the replay. An NWB
+        file's metadata (subject, experimenter, ...) becomes the session's, and with
+        ``behavior`` that series goes out as behaviour frames, one per session bin.
         """
-        from service.recording.replay import open_recording
+        from service.recording.replay import open_recording, session_metadata
         from service.session.config import recorded_config
 
-        rec = open_recording(recording)
+        bin_ms = float((overrides or {}).get("bin_ms") or SessionConfig().bin_ms)
+        rec = open_recording(recording, bin_ms=bin_ms if behavior else None, behavior=behavior)
         base: dict[str, Any] = {}
+        if rec.kind == "nwb":
+            # A lab's file has its own outputs: no stimulation policy unless one is asked for.
+            base = {"metadata": session_metadata(rec), "stim": {"policy": {}}}
         if rec.kind == "log":
             from service.recording.recorder import RecordType, read_log
 
@@ -465,6 +472,8 @@ class SessionManager:
         cmd = [sys.executable, "-m", "clients.cli", "replay", str(recording), "--endpoint",
                endpoint, "--quiet"]
         cmd += ["--speed", str(speed)] if speed else ["--fast"]
+        if behavior:
+            cmd += ["--behavior", behavior, "--bin-ms", str(config.bin_ms)]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=Path(__file__).resolve().parents[2])
         out.close()

@@ -268,6 +268,7 @@ function showCounters(live) {
   rows.push(["rejected frames", rejected], ["late events", live.late_events ?? 0]);
   if (live.calibration && live.state === "calibrating") {
     rows.push(["calibration bins", `${live.calibration.bins} / ${live.calibration.needed}`]);
+    if (live.calibration.waiting) rows.push(["calibration waits", live.calibration.waiting]);
   }
   $("counters").tBodies[0].replaceChildren(...rows.sort().map(([k, v]) => {
     const tr = document.createElement("tr");

@@ -32,7 +32,8 @@ def train_model(body: TrainIn, models: ModelsDep) -> dict[str, Any]:
     """Train a decoder in a separate process; poll GET /models/{name} for progress."""
     try:
         return models.train(body.name, body.source, body.kind, body.epochs, body.seed,
-                            body.replace)
+                            body.replace, body.model_dump(include={"behavior", "bin_ms",
+                                                                   "interval", "split"}))
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     except RuntimeError as exc:

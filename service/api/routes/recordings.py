@@ -35,7 +35,11 @@ def replay_recording(name: str, body: ReplayIn, request: Request, manager: Manag
     """Start a new session fed by this recording (its own config unless overridden)."""
     stim_limits_need_stim(request, ((body.session or {}).get("stim") or {}).get("limits"),
                           authorization)
-    return manager.replay(_recording(manager, name), body.speed, body.session)
+    path = _recording(manager, name)
+    try:
+        return manager.replay(path, body.speed, body.session, body.behavior)
+    except ValueError as exc:  # the file lacks what was asked (no units, no such series)
+        raise HTTPException(422, str(exc)) from None
 
 
 def _recording(manager: SessionManager, name: str) -> Path:
