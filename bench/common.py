@@ -514,6 +514,7 @@ def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
             held.append(connect(ws_url, open_timeout=5, ping_interval=None, max_queue=None))
         except Exception:
             refused += 1
+    print("ready", flush=True)  # the sockets are open: the measured bins may start
     big = b"x" * (2 << 20)
     worst = 0.0
     bodies = 0
@@ -546,10 +547,15 @@ def _hostile_load(base: str, sid: str, sockets: int, seconds: float) -> None:
 
 def start_hostile_load(base: str, sid: str, sockets: int, seconds: float,
                        token: str | None = None) -> subprocess.Popen:
-    """``token``: the operator's, to time ``disarm`` under the load."""
+    """``token``: the operator's, to time ``disarm`` under the load. Returns once the
+    sockets are open (each attempt is bounded by its 5 s open timeout)."""
     env = os.environ | ({"SPIKELOOP_TOKEN": token} if token else {})
-    return subprocess.Popen([sys.executable, HERE, "--hostile", base, sid, str(sockets),
+    proc = subprocess.Popen([sys.executable, HERE, "--hostile", base, sid, str(sockets),
                              str(seconds)], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit("the hostile load process ended before opening its sockets")
+    return proc
 
 
 def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:

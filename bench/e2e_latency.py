@@ -120,7 +120,6 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         if hostile_sockets:
             hostile = start_hostile_load(server.url, sid, hostile_sockets, seconds + 2,
                                          token=server.token())
-            time.sleep(3.0)  # the sockets are open before the measured bins
         n_bins = int(seconds * 1000 / bin_ms)
         client = np.full(n_bins, -1, np.int64)
         sent = np.zeros(n_bins, np.int64)
@@ -146,7 +145,7 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
         hostile_report = None
         if hostile is not None:
             hostile_report = json.loads(
-                hostile.communicate(timeout=60)[0].strip().splitlines()[-1])
+                hostile.communicate(timeout=120)[0].strip().splitlines()[-1])
         internal = np.asarray(c.http.get(f"/sessions/{sid}/latency").json()["e2e_ns"],
                               np.int64)[-n_bins:]
         metrics = c.metrics(sid)
