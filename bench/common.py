@@ -477,12 +477,15 @@ def raw_pubsub_rate(frames: list, seconds: float = 2.0, transport: str = "tcp") 
 
 # ---------------------------------------------------------------------------- load
 def _api_load(url: str, rps: float, seconds: float) -> None:
-    """A separate process polling ``url`` at ``rps`` for ``seconds`` (bounded)."""
+    """A separate process polling ``url`` at ``rps`` for ``seconds`` (bounded), with the
+    token in ``SPIKELOOP_TOKEN`` (reads need one)."""
     import httpx
 
     n_ok = n_err = 0
     period = 1.0 / rps
-    with httpx.Client(timeout=5) as c:
+    token = os.environ.get("SPIKELOOP_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with httpx.Client(timeout=5, headers=headers) as c:
         t0 = time.monotonic()
         k = 0
         while time.monotonic() - t0 < seconds:
@@ -558,9 +561,11 @@ def start_hostile_load(base: str, sid: str, sockets: int, seconds: float,
     return proc
 
 
-def start_api_load(url: str, rps: float, seconds: float) -> subprocess.Popen:
+def start_api_load(url: str, rps: float, seconds: float,
+                   token: str | None = None) -> subprocess.Popen:
+    env = os.environ | ({"SPIKELOOP_TOKEN": token} if token else {})
     return subprocess.Popen([sys.executable, HERE, "--load", url, str(rps), str(seconds)],
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, env=env)
 
 
 # ---------------------------------------------------------------------------- platform

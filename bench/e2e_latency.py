@@ -114,7 +114,8 @@ def run(channels: int, decoder: str, bin_ms: float, seconds: float, api_load: fl
             one_bin()
         base = c.metrics(sid)["counters"].get("bins", 0)
         if api_load:
-            load = start_api_load(f"{server.url}/sessions/{sid}", api_load, seconds + 2)
+            token = (server.data_dir / "admin.token").read_text().strip()
+            load = start_api_load(f"{server.url}/sessions/{sid}", api_load, seconds + 2, token)
             time.sleep(1.0)
         hostile = None
         if hostile_sockets:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,11 +21,33 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 session_app = typer.Typer(help="Create, start, stop and list sessions.", no_args_is_help=True)
 app.add_typer(session_app, name="session")
+token_app = typer.Typer(help="Create, list and revoke API tokens (named, scoped, expiring).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 
 
-@app.callback()
-def _logging(verbose: bool = typer.Option(False, "--verbose", "-v",
-                                          help="Debug logging from every part")) -> None:
+DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
+DEFAULT_API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
+
+
+def _client(api: str, data_dir: Path, token: str | None):
+    """A REST client with the token (--token, SPIKELOOP_TOKEN or the admin token file) and
+    the CA that signed an https control plane's certificate (--ca-file, SPIKELOOP_CA_FILE)."""
+    from .control import client_for
+
+    return client_for(api, data_dir, token)
+
+
+CA_ENV = "SPIKELOOP_CA_FILE"  # clients.control.CA_ENV (not imported here: httpx is slow)
+
+
+@app.callback(invoke_without_command=False)
+def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
+                                          help="Debug logging from every part"),
+             ca_file: Path | None = typer.Option(
+                 None, "--ca-file", exists=True, dir_okay=False,
+                 help="CA certificate (PEM) that signed the control plane's TLS certificate "
+                      f"(or {CA_ENV}); the system's CAs otherwise")) -> None:
     """Service parts log through ``logging``: one line each, to stderr."""
     import logging
 
@@ -33,21 +56,8 @@ def _logging(verbose: bool = typer.Option(False, "--verbose", "-v",
                         datefmt="%H:%M:%S")
     for chatty in ("httpx", "httpcore"):  # one line per request is noise on a terminal
         logging.getLogger(chatty).setLevel(logging.WARNING)
-
-DEFAULT_DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
-DEFAULT_API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
-
-
-def _token(data_dir: Path, token: str | None) -> str | None:
-    from service.api.auth import read_admin_token
-
-    return token or os.environ.get("SPIKELOOP_TOKEN") or read_admin_token(data_dir)
-
-
-def _client(api: str, data_dir: Path, token: str | None):
-    from .control import ControlClient
-
-    return ControlClient(api, _token(data_dir, token))
+    if ca_file is not None:  # every client made below reads it from here
+        os.environ[CA_ENV] = str(ca_file)
 
 
 # ============================================================================ sim
@@ -237,24 +247,71 @@ def _show(session: dict[str, Any], as_json: bool) -> None:
 
 
 # ============================================================================ tokens
-@app.command()
-def token(name: str = typer.Argument(..., help="Who or what the token is for"),
-          scopes: str = typer.Option("read", help="Comma-separated: read, control, stim"),
-          data_dir: Path = typer.Option(DEFAULT_DATA)):
-    """Create an API token (printed once; only its hash is stored).
-
-    Example: spikeloop token dashboard --scopes read,control
-    """
-    from service.api.auth import new_token
+def _store(data_dir: Path):
     from service.session.store import Store
 
-    store = Store(data_dir / "spikeloop.db")
+    os.umask(0o077)  # the token store is this user's only, whoever creates it
+    return Store(data_dir / "spikeloop.db")
+
+
+@token_app.command("create")
+def token_create(name: str = typer.Argument(..., help="Who or what the token is for; written "
+                                                      "in the audit log with what it does"),
+                 scopes: str = typer.Option("read", help="Comma-separated: read, control, stim"),
+                 expires: str | None = typer.Option(None, help="Lifetime, e.g. 30d, 12h, 2w "
+                                                               "(default: until revoked)"),
+                 data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """Create an API token (printed once; only its hash is stored, in the data directory).
+
+    Example: spikeloop token create alice --scopes read,control,stim --expires 30d
+    """
+    from service.api.auth import new_token, parse_duration
+
     try:
-        typer.echo(new_token(store, name, [s.strip() for s in scopes.split(",") if s.strip()]))
+        lifetime = parse_duration(expires) if expires else None
+        with contextlib.closing(_store(data_dir)) as store:
+            typer.echo(new_token(store, name, [s.strip() for s in scopes.split(",")
+                                               if s.strip()], lifetime))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    finally:
-        store.close()
+
+
+@token_app.command("list")
+def token_list_cmd(data_dir: Path = typer.Option(DEFAULT_DATA),
+                   as_json: bool = typer.Option(False, "--json", help="One JSON document")):
+    """List tokens: name, scopes, state (active, expired, revoked), created, expires.
+
+    Example: spikeloop token list
+    """
+    from service.api.auth import token_list
+
+    with contextlib.closing(_store(data_dir)) as store:
+        rows = token_list(store)
+    if as_json:
+        _print(rows)
+        return
+
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(t)) if t else "-"
+
+    for t in rows:
+        typer.echo(f"{t['name']:24s} {','.join(t['scopes']):18s} {t['state']:8s} "
+                   f"created {when(t['created_at'])}  expires {when(t['expires_at'])}")
+
+
+@token_app.command("revoke")
+def token_revoke(name: str = typer.Argument(..., help="The token's name (spikeloop token list)"),
+                 data_dir: Path = typer.Option(DEFAULT_DATA)):
+    """Revoke the token called NAME: refused from the next request on.
+
+    Example: spikeloop token revoke alice
+    """
+    with contextlib.closing(_store(data_dir)) as store:
+        n = store.revoke_tokens(name)
+    if not n:
+        raise typer.BadParameter(f"no active token called {name!r}; spikeloop token list "
+                                 "shows them")
+    typer.echo(f"revoked {n} token(s) called {name!r}")
 
 
 @app.command()
@@ -671,7 +728,7 @@ def run(units: int = typer.Option(96, help="Simulated units"),
                                        "--units", str(units)], start_new_session=True))
         client = ControlClient(api, None)
         _wait_http(client, procs[0])
-        client = ControlClient(api, _token(data_dir, None))
+        client = _client(api, data_dir, None)
         s = client.create_session({
             "name": "demo", "bin_ms": bin_ms,
             "source": {"endpoint": src, "channels": units},
@@ -750,8 +807,13 @@ def main() -> None:
         typer.echo(f"error: the control plane answered {exc.status}: {exc.detail}", err=True)
         sys.exit(1)
     except httpx.TransportError as exc:
-        typer.echo(f"error: cannot reach the control plane ({exc}); start it with "
-                   "`spikeloop serve`, or point --api at it", err=True)
+        if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            typer.echo(f"error: the control plane's TLS certificate is not trusted ({exc}); "
+                       f"give the CA that signed it: spikeloop --ca-file CA.pem ... (or "
+                       f"{CA_ENV})", err=True)
+        else:
+            typer.echo(f"error: cannot reach the control plane ({exc}); start it with "
+                       "`spikeloop serve`, or point --api at it", err=True)
         sys.exit(1)
     except zmq.ZMQError as exc:
         hint = "; another process holds it: pick another --endpoint, or stop that process" \

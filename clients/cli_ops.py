@@ -246,6 +246,10 @@ def lsl_source(spikes: str = typer.Argument(..., help="Name of the LSL spike str
 def lsl_outlet(sid: str = typer.Argument(..., help="Session id"),
                api: str = typer.Option(API), prefix: str | None = typer.Option(
                    None, help="Outlet name prefix (default spikeloop-<sid>)"),
+               data_dir: Path = typer.Option(DATA, help="Where the admin token is"),
+               token: str | None = typer.Option(None, help="A token with the read scope "
+                                                           "(default SPIKELOOP_TOKEN, then "
+                                                           "the admin token)"),
                timestamps: str = typer.Option("local", help="local: LSL clock at receipt; "
                                                             "source: the bin's source time "
                                                             "(for LSL-fed sessions)"),
@@ -258,11 +262,11 @@ def lsl_outlet(sid: str = typer.Argument(..., help="Session id"),
       spikeloop lsl outlet 3f2a9c1b7d10
       spikeloop lsl outlet 3f2a9c1b7d10 --timestamps source --prefix rig1
     """
-    from .control import ControlClient
+    from .control import client_for
     from .lsl_bridge import LslSink
 
     deadline = time.monotonic() + wait_s
-    with ControlClient(api) as c:
+    with client_for(api, data_dir, token) as c:
         while True:
             s = c.session(sid)
             dec = (s.get("live") or {}).get("decoder")

@@ -1,10 +1,22 @@
-"""Python client for the control plane (REST)."""
+"""Python client for the control plane (REST), over http or https.
+
+Every call but ``/healthz`` needs a token (``read`` for reads). Over https the server's
+certificate is checked against the system's CAs, or the CA file given (``ca_file``, or
+``SPIKELOOP_CA_FILE`` for :func:`client_for`).
+"""
 
 from __future__ import annotations
 
+import os
+import ssl
+from pathlib import Path
 from typing import Any
 
 import httpx
+
+#: environment variables the CLI and :func:`client_for` read
+TOKEN_ENV = "SPIKELOOP_TOKEN"
+CA_ENV = "SPIKELOOP_CA_FILE"
 
 
 class ControlError(RuntimeError):
@@ -16,9 +28,10 @@ class ControlError(RuntimeError):
 
 class ControlClient:
     def __init__(self, base_url: str = "http://127.0.0.1:8000", token: str | None = None,
-                 timeout: float = 90.0):
+                 timeout: float = 90.0, ca_file: str | Path | None = None):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout,
+                                 verify=tls_context(ca_file))
 
     def close(self) -> None:
         self.http.close()
@@ -85,3 +98,20 @@ class ControlClient:
         r = self.http.get("/metrics")
         r.raise_for_status()
         return r.text
+
+
+def tls_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    """Certificate checks against ``ca_file`` (PEM) when given, else the system's CAs."""
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise ValueError(f"CA file {ca_file} does not exist: give the PEM certificate of the "
+                         "CA that signed the control plane's certificate")
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+
+
+def client_for(api: str, data_dir: Path, token: str | None = None) -> ControlClient:
+    """A client with the token from ``token``, ``SPIKELOOP_TOKEN`` or the admin token file in
+    ``data_dir``, and the CA file in ``SPIKELOOP_CA_FILE`` (the CLI's ``--ca-file``)."""
+    from service.api.auth import read_admin_token
+
+    return ControlClient(api, token or os.environ.get(TOKEN_ENV) or read_admin_token(data_dir),
+                         ca_file=os.environ.get(CA_ENV) or None)

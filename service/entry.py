@@ -36,6 +36,16 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
           port: int = typer.Option(8000, help="HTTP port"),
           data_dir: Path = typer.Option(DEFAULT_DATA, help="Database, recordings, models"),
           no_auth: bool = typer.Option(False, "--no-auth", help="Disable tokens (loopback only)"),
+          public_read: bool = typer.Option(False, "--public-read",
+                                           help="Serve reads (GET, streams) without a token; "
+                                                "changes still need one (loopback only)"),
+          tls_cert: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                               help="TLS certificate chain (PEM): serve https"),
+          tls_key: Path | None = typer.Option(None, exists=True, dir_okay=False,
+                                              help="The certificate's private key (PEM)"),
+          insecure: bool = typer.Option(False, "--insecure",
+                                        help="Allow plain http beyond loopback (tokens and "
+                                             "neural data in clear text on the network)"),
           keep_sessions: bool = typer.Option(False, help="Leave sessions running on exit"),
           redis: str | None = typer.Option(None, help="Run sessions on workers registered in "
                                                       "this Redis (redis://host:port/db)"),
@@ -48,7 +58,9 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
           redis_password_file: Path | None = REDIS_PASSWORD_FILE):
     """Run the control plane (FastAPI + uvicorn).
 
-    Example: spikeloop serve --port 8000 --data-dir var
+    Beyond loopback it serves https only (--tls-cert, --tls-key) unless --insecure.
+    Examples: spikeloop serve --port 8000 --data-dir var
+              spikeloop serve --host 0.0.0.0 --tls-cert cert.pem --tls-key key.pem
     """
     os.umask(0o077)  # data files and sockets: readable by this user only
     import uvicorn
@@ -56,20 +68,43 @@ def serve(host: str = typer.Option("127.0.0.1", help="Interface to bind (loopbac
     from service.api.app import Settings, create_app
 
     _share_redis_password(redis, redis_password_file)
-    if no_auth and not is_loopback(host):
-        typer.echo(f"refusing to serve on {host} without authentication: drop --no-auth "
-                   "or bind to 127.0.0.1", err=True)
+    problem = serve_refusal(host, no_auth, public_read, tls_cert, tls_key, insecure)
+    if problem:
+        typer.echo(problem, err=True)
         raise typer.Exit(2)
-    app_ = create_app(Settings(data_dir=data_dir, auth=not no_auth,
+    app_ = create_app(Settings(data_dir=data_dir, auth=not no_auth, public_read=public_read,
                                stop_sessions_on_shutdown=not keep_sessions,
                                redis_url=redis or None,  # "" (compose default): no Redis
                                worker_timeout_s=worker_timeout,
                                public_outputs=public_outputs, max_sessions=max_sessions))
     if app_.state.token_path:
         typer.echo(f"admin token: {app_.state.token_path.resolve()}", err=True)
-    url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
+    scheme = "https" if tls_cert else "http"
+    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
     typer.echo(f"API {url}  dashboard {url}/  API docs {url}/docs", err=True)
-    uvicorn.run(app_, host=host, port=port, log_level="warning")
+    uvicorn.run(app_, host=host, port=port, log_level="warning",
+                ssl_certfile=str(tls_cert) if tls_cert else None,
+                ssl_keyfile=str(tls_key) if tls_key else None)
+
+
+def serve_refusal(host: str, no_auth: bool, public_read: bool, tls_cert: Path | None,
+                  tls_key: Path | None, insecure: bool) -> str | None:
+    """Why ``spikeloop serve`` with these options must not start (None: it may)."""
+    if (tls_cert is None) != (tls_key is None):
+        return "--tls-cert and --tls-key go together: the certificate and its private key"
+    if is_loopback(host):
+        return None
+    if no_auth:
+        return (f"refusing to serve on {host} without authentication: drop --no-auth "
+                "or bind to 127.0.0.1")
+    if public_read:
+        return (f"refusing to serve reads without a token on {host}: --public-read is for "
+                "127.0.0.1 only (recordings and streams are health data)")
+    if tls_cert is None and not insecure:
+        return (f"refusing to serve plain http on {host}: tokens and neural data would cross "
+                "the network in clear text; give --tls-cert and --tls-key (or --insecure on "
+                "a network you trust)")
+    return None
 
 
 def worker(redis: str = typer.Option(..., help="The control plane's Redis (redis://host:port/db)"),

@@ -61,21 +61,33 @@ class Server:
     def token(self) -> str:
         return (self.data_dir / "admin.token").read_text().strip()
 
+    @property
+    def bearer(self) -> dict[str, str]:
+        """The admin token as a header (reads need a token too, WebSockets included)."""
+        return {"Authorization": f"Bearer {self.token}"}
+
     def client(self, token: str | None = "admin"):
         from clients.control import ControlClient
 
         return ControlClient(self.url, self.token if token == "admin" else token)
 
 
-def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...] = ()) -> Server:
+def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
+                 log: Path | None = None, ca_file: Path | None = None) -> Server:
+    """``spikeloop serve`` on 127.0.0.1; its stderr to ``log`` when given; https when
+    ``extra`` has --tls-cert (then ``ca_file`` checks its certificate)."""
     port = port or free_port()
+    err = open(log, "ab") if log is not None else None  # noqa: SIM115 - the child holds it
     proc = subprocess.Popen(
         [PY, "-m", "clients.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-         *extra], cwd=REPO, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", data_dir, proc, port)
+         *extra], cwd=REPO, start_new_session=True, stderr=err)
+    if err is not None:
+        err.close()
+    scheme = "https" if "--tls-cert" in extra else "http"
+    srv = Server(f"{scheme}://127.0.0.1:{port}", data_dir, proc, port)
     from clients.control import ControlClient
 
-    c = ControlClient(srv.url)
+    c = ControlClient(srv.url, ca_file=ca_file)
 
     def up():
         if proc.poll() is not None:

@@ -74,17 +74,17 @@ def test_auth_token_cli_creates_scoped_tokens(tmp_path):
     from service.api.auth import hash_token
     from service.session.store import Store
 
-    r = subprocess.run([PY, "-m", "clients.cli", "token", "viewer", "--scopes", "read",
+    r = subprocess.run([PY, "-m", "clients.cli", "token", "create", "viewer", "--scopes", "read",
                         "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
     token = r.stdout.strip()
     store = Store(tmp_path / "spikeloop.db")
-    assert store.token_scopes(hash_token(token)) == ["read"]
+    assert store.get_token(hash_token(token))["scopes"] == ["read"]
     raw = (tmp_path / "spikeloop.db").read_bytes()
     assert token.encode() not in raw  # stored hashed only
     store.close()
-    bad = subprocess.run([PY, "-m", "clients.cli", "token", "x", "--scopes", "root",
+    bad = subprocess.run([PY, "-m", "clients.cli", "token", "create", "x", "--scopes", "root",
                           "--data-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode != 0 and "unknown scopes" in bad.stderr

@@ -61,3 +61,23 @@ def test_dockerfile_copies_every_package():
     for pkg in ("service", "decoders", "stim", "sources", "clients"):
         assert f"COPY {pkg} {pkg}" in text
     assert '"torch==2.13.0"' in text
+
+
+def test_the_image_is_multi_stage_non_root_and_installs_the_lock_non_editable():
+    text = (REPO / "Dockerfile").read_text()
+    assert text.count("\nFROM ") >= 2  # a build stage and a run stage
+    assert "COPY --from=build" in text and "USER spikeloop" in text
+    assert "-c requirements.lock" in text and " -e " not in text
+    assert "\nHEALTHCHECK " in text and "\nCMD [" in text
+
+
+def test_compose_services_get_only_what_real_time_needs():
+    for name, svc in _services().items():
+        if "build" not in svc:
+            continue  # redis: its own image
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"] and svc["cap_add"] == ["SYS_NICE"], name
+        assert svc["ulimits"]["rtprio"] == {"soft": 99, "hard": 99}, name
+        assert any(v.endswith((":/data", ":/central")) for v in svc.get("volumes", [])) \
+            or name == "sim", name
+    assert _services()["spikeloop"]["ports"] == ["127.0.0.1:8000:8000"]

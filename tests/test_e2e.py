@@ -232,7 +232,7 @@ def test_websocket_stream_delivers_decoded_bins_and_closes_when_the_session_stop
         sid = s["id"]
         wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
         url = server.url.replace("http", "ws") + f"/sessions/{sid}/stream?every=5"
-        with connect(url, open_timeout=10) as ws:
+        with connect(url, open_timeout=10, additional_headers=server.bearer) as ws:
             kinds, bins, out_seqs = set(), [], []
             while len(bins) < 20:
                 m = json.loads(ws.recv(timeout=10))
@@ -294,7 +294,7 @@ def test_stream_thins_decoded_bins_but_never_a_safety_event(server):
         wait_for(lambda: c.session(sid)["live"]["state"] == "running", 30, "running")
         c.arm(sid)
         url = server.url.replace("http", "ws") + f"/sessions/{sid}/stream?every=10"
-        with connect(url, open_timeout=10) as ws:
+        with connect(url, open_timeout=10, additional_headers=server.bearer) as ws:
             stim, decoded = [], []
             while len(decoded) < 30:
                 m = json.loads(ws.recv(timeout=10))

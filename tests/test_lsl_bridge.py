@@ -124,7 +124,7 @@ def test_lsl_round_trip_through_a_session(lsl_cfg, tmp_path):
         wait_for(lambda: c.session(sid)["live"]["state"] == "running", 60,
                  "the LSL-fed session to calibrate and run")
         procs.append(_spawn(["outlet", sid, "--api", srv.url, "--prefix", tag,
-                             "--timestamps", "source"], env))
+                             "--timestamps", "source", "--data-dir", str(srv.data_dir)], env))
 
         found = pylsl.resolve_byprop("name", f"{tag}-decoded", 1, 30.0)
         assert found, "the decoded outlet was not found on the loopback"

@@ -130,13 +130,14 @@ def test_websockets_are_capped_and_cross_origin_refused_and_the_api_still_answer
             for _ in range(70):
                 try:
                     stack.enter_context(connect(url, open_timeout=10, ping_interval=None,
-                                               max_queue=None))
+                                               max_queue=None, additional_headers=server.bearer))
                     opened += 1
                 except Exception:
                     refused += 1
             assert opened == 64 and refused == 6
             with pytest.raises(Exception), \
-                    connect(url, origin="http://evil.example", open_timeout=10) as ws:  # noqa: B017
+                    connect(url, origin="http://evil.example", open_timeout=10,  # noqa: B017
+                            additional_headers=server.bearer) as ws:
                 ws.recv(timeout=5)
             with _http(server, server.token) as h:
                 assert h.get("/healthz").status_code == 200

@@ -71,6 +71,7 @@ def live(tmp_path_factory) -> Iterator[Live]:
                     page = browser.new_page()
                     page.on("pageerror", lambda e: errors.append(str(e)))
                     page.goto(srv.url + "/")
+                    page.fill("#token", srv.token)  # reads need a token with the read scope
                     yield Live(srv, sid, page)
                 finally:
                     # Close the page while the session still publishes: the server's stream
@@ -143,6 +144,7 @@ def test_dashboard_arming_needs_confirmation_and_a_token(live: Live):
     page.click("#confirm-ok")
     page.wait_for_selector("#armed[data-armed='false']")
     assert not _armed(live)
+    page.fill("#token", live.server.token)  # the other tests read with it
 
 
 def test_dashboard_limits_editor_applies_checked_limits(live: Live):

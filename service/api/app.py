@@ -1,8 +1,9 @@
 """The control plane: REST + WebSocket over the session manager.
 
-Reads are open on the loopback interface; anything that changes a session
-needs a token with the ``control`` scope, and anything that can change
-stimulation (arming, limits) needs ``stim``.
+Every route needs a token (``service.api.deps.access``, app-wide) except the few
+in ``deps.PUBLIC_PATHS``: reads need the ``read`` scope, anything that changes a
+session ``control``, and anything that can change stimulation (arming, limits)
+``stim``.
 
 ``create_app`` builds the objects the routes use and puts them on ``app.state``
 (``service.api.deps`` reads them from there); the routes are in ``service.api.routes``,
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,7 +31,8 @@ from prometheus_client.core import (
 )
 
 from service import __version__
-from service.api.auth import ensure_admin_token, hash_token
+from service.api.auth import FailedAuthLimiter, authenticate, ensure_admin_token
+from service.api.deps import access
 from service.api.guard import RequestGuard
 from service.api.live import Fanout
 from service.api.models import ModelJobs
@@ -259,14 +261,18 @@ def create_app(settings: Settings) -> FastAPI:
         description="Closed-loop BCI control plane: sessions, decoders, stimulation safety.",
         lifespan=lifespan,
         docs_url=None, redoc_url=None,  # served below from the installed package, not a CDN
+        dependencies=[Depends(access)],  # every route needs a token unless it is public
     )
     mount_docs(app)
 
     def token_known(token: str) -> bool:
-        return store.token_scopes(hash_token(token)) is not None
+        return authenticate(store, token) is not None
 
+    limiter = FailedAuthLimiter(settings.auth_max_failures)
     app.add_middleware(RequestGuard, token_known=token_known if settings.auth else None,
-                       max_body=settings.max_body_bytes, max_websockets=settings.max_websockets)
+                       limiter=limiter, max_body=settings.max_body_bytes,
+                       max_websockets=settings.max_websockets)
+    app.state.auth_limiter = limiter
     app.state.manager = manager
     app.state.models = models
     app.state.store = store

@@ -2,9 +2,10 @@
 
 A pure ASGI middleware in front of every route:
 
-* a request that changes something (POST, PUT, PATCH, DELETE) must carry a known
+* a request that changes something (POST, PUT, PATCH, DELETE) must carry a valid
   token *before* its body is read, so an unauthenticated caller cannot make the
   server buffer or parse anything (the route still checks the scope it needs);
+  a client that presented bad tokens too often is answered 429 (``FailedAuthLimiter``);
 * a body is at most ``max_body`` bytes (413 otherwise, whether the length is
   declared or the body is streamed);
 * a JSON body nests at most ``max_depth`` levels (422 otherwise), checked on the
@@ -12,16 +13,21 @@ A pure ASGI middleware in front of every route:
 
 WebSocket connections are counted here too (``max_websockets``; 1013 "try again
 later" beyond it) and must come from a page of this server when a browser says
-where it comes from (``Origin``).
+where it comes from (``Origin``). A browser sends its token as the subprotocol
+``bearer.<token>`` beside ``spikeloop``; the accepted connection names ``spikeloop``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
+
+from service.api.auth import FailedAuthLimiter
+from service.api.deps import WS_PROTOCOL
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +65,18 @@ def json_depth_exceeds(body: bytes, max_depth: int) -> bool:
 
 class RequestGuard:
     def __init__(self, app: ASGIApp, token_known: Callable[[str], bool] | None,
+                 limiter: FailedAuthLimiter | None = None,
                  max_body: int = 1 << 20, max_depth: int = 32, max_websockets: int = 64):
         self.app = app
         self.token_known = token_known  # None: authentication is off
+        self.limiter = limiter
         self.max_body = max_body
         self.max_depth = max_depth
         self.max_websockets = max_websockets
         self.websockets = 0
         self.refused: dict[str, int] = {"unauthenticated": 0, "too_large": 0, "too_deep": 0,
-                                        "websockets_full": 0, "bad_origin": 0}
+                                        "websockets_full": 0, "bad_origin": 0,
+                                        "rate_limited": 0}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -81,13 +90,26 @@ class RequestGuard:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = _headers(scope)
         if scope["method"] in WRITE_METHODS and self.token_known is not None:
+            client = (scope.get("client") or ("unknown",))[0]
+            wait = self.limiter.retry_after(client) if self.limiter is not None else 0.0
+            if wait > 0:
+                self.refused["rate_limited"] += 1
+                await _reply(send, 429, f"too many failed authentications from {client}: "
+                                        f"retry in {math.ceil(wait)} s with a valid token",
+                             {"retry-after": str(math.ceil(wait))})
+                return
             auth = headers.get("authorization", "")
-            if not auth.lower().startswith("bearer ") or not self.token_known(auth[7:].strip()):
+            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            if not token or not self.token_known(token):
+                if token and self.limiter is not None:
+                    self.limiter.failed(client, scope["path"],
+                                        "unknown, expired or revoked token")
                 self.refused["unauthenticated"] += 1
                 await _reply(send, 401, "this call needs a token with the scope it changes "
                                         "('control' for sessions, 'stim' for stimulation): "
-                                        "send 'Authorization: Bearer <token>' (the admin "
-                                        "token, or spikeloop token NAME --scopes ...)",
+                                        "send 'Authorization: Bearer <token>' that is "
+                                        "neither expired nor revoked (the admin token, or "
+                                        "spikeloop token create NAME --scopes ...)",
                              {"www-authenticate": "Bearer"})
                 return
         declared = headers.get("content-length")
@@ -143,8 +165,17 @@ class RequestGuard:
                         "reason": f"at most {self.max_websockets} live streams; try later"})
             return
         self.websockets += 1
+        offered = WS_PROTOCOL in scope.get("subprotocols", [])
+
+        async def accept_named(message: Message) -> None:
+            # A browser that offered subprotocols fails the handshake unless one is chosen.
+            if message["type"] == "websocket.accept" and offered and \
+                    not message.get("subprotocol"):
+                message = {**message, "subprotocol": WS_PROTOCOL}
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, accept_named)
         finally:
             self.websockets -= 1
 

@@ -10,6 +10,8 @@ from pathlib import Path
 class Settings:
     data_dir: Path
     auth: bool = True
+    public_read: bool = False  # reads without a token (serve --public-read, loopback only)
+    auth_max_failures: int = 10  # failed authentications per client and minute, then 429
     stop_sessions_on_shutdown: bool = True
     redis_url: str | None = None  # sessions run on workers registered in this Redis
     worker_timeout_s: float = 5.0  # heartbeat age after which a worker is lost

@@ -172,7 +172,8 @@ class Worker:
                 m.create(cfg, sid=sid)
             else:  # a restart on this worker: keep the id, take the new config
                 m.store.update_session(sid, config=cfg.model_dump())
-            out = m.start(sid, local=True)  # here: this worker was chosen for it
+            # here: this worker was chosen for it
+            out = m.start(sid, local=True, by=str(body.get("by", "")))
             self._beat()
             return out
         if op == "get":
@@ -182,7 +183,7 @@ class Worker:
                                      with_extra=True)
             return {"reply": reply, "extra": [base64.b64encode(x).decode() for x in extra]}
         if op == "stop":
-            out = m.stop(body["sid"])
+            out = m.stop(body["sid"], by=str(body.get("by", "")))
             self._beat()
             return out
         if op == "delete":

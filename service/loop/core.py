@@ -262,7 +262,9 @@ class SessionCore:
         out = self.guard.disarm(self.session_ns())
         out.reasons.append(reason)
         self._out_of_band(out)
-        self.sink.event({"op": "disarm", "bin": self.next_index, "reason": reason})
+        # by the session itself, as it stops (the stop's own event names who asked)
+        self.sink.event({"op": "disarm", "bin": self.next_index, "reason": reason,
+                         "by": "session"})
         if self.state is not SessionState.FAILED:
             self._set_state(SessionState.STOPPED)
         return out

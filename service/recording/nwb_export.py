@@ -297,9 +297,10 @@ def _session_events(c: _Collected, bin_ns: int):
         k = ev.get("bin")
         t = int(k) * bin_ns / 1e9 if k is not None else 0.0
         rest = {key: v for key, v in ev.items()
-                if key not in ("op", "state", "bin", "reason", "error")}
+                if key not in ("op", "state", "lifecycle", "bin", "reason", "error")}
         params = ", ".join(f"{key}={_flat_text(v)}" for key, v in rest.items())
-        label = ev.get("op") or ev.get("state") or ("segment" if "segment" in ev else "")
+        label = (ev.get("op") or ev.get("state") or ev.get("lifecycle")
+                 or ("segment" if "segment" in ev else ""))
         rows.append((t, str(label), -1 if k is None else int(k),
                      str(ev.get("reason") or ev.get("error") or ""), params))
     for t, label, k, reason, params in sorted(rows, key=lambda r: r[0]):

@@ -147,13 +147,13 @@ class SessionManager:
         out["live"] = live
         return out
 
-    def set_limits(self, sid: str, limits: SafetyLimits) -> SafetyLimits:
+    def set_limits(self, sid: str, limits: SafetyLimits, by: str = "") -> SafetyLimits:
         """New safety limits: to the running session (applied at its next bin boundary)
         and into the stored config (read unredacted from the store, so no secret in it
         is replaced by its redacted form)."""
         row = self._row(sid)
         if row["state"] in ACTIVE:
-            self.control(sid, {"cmd": "limits", "limits": limits.model_dump()})
+            self.control(sid, {"cmd": "limits", "limits": limits.model_dump(), "by": by})
         cfg = SessionConfig.model_validate(row["config"])
         cfg.stim.limits = limits
         self.store.update_session(sid, config=cfg.model_dump())
@@ -296,14 +296,15 @@ class SessionManager:
         d.chmod(0o700)
         return d
 
-    def start(self, sid: str, local: bool = False) -> dict[str, Any]:
+    def start(self, sid: str, local: bool = False, by: str = "") -> dict[str, Any]:
         """Start the session's process on a worker when there is a cluster, else here;
-        ``local``: here in any case (a replay, or a worker starting what it was given)."""
+        ``local``: here in any case (a replay, or a worker starting what it was given).
+        ``by``: who asked (a token's name), recorded and audited with the start."""
         row = self._row(sid)
         if row["state"] in ACTIVE:
             raise SessionError(f"session {sid} is already {row['state']}")
         if self.cluster is not None and not local:
-            return self._start_remote(sid, SessionConfig.model_validate(row["config"]))
+            return self._start_remote(sid, SessionConfig.model_validate(row["config"]), by=by)
         placement = row["config"].get("placement")
         if placement and not local:  # it was meant for a particular host: never guess
             raise SessionError(f"session {sid} asks for a worker with labels {placement}, but "
@@ -338,6 +339,8 @@ class SessionManager:
                "--keys-dir", str(self.keys_dir), "--audit-dir", str(self.audit_dir)]
         if self.exit_with_parent:
             cmd.append("--exit-with-parent")
+        if by:
+            cmd += ["--by", by]
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 env=os.environ | SESSION_ENV, start_new_session=True,
                                 cwd=Path(__file__).resolve().parents[2])
@@ -368,14 +371,14 @@ class SessionManager:
         return [cpu for sid, cpu in self._cpus.items()
                 if sid in self._procs and self._procs[sid].poll() is None]
 
-    def stop(self, sid: str, timeout_s: float = 15.0) -> dict[str, Any]:
+    def stop(self, sid: str, timeout_s: float = 15.0, by: str = "") -> dict[str, Any]:
         row = self._row(sid)
         if row["state"] not in (*ACTIVE, "starting"):
             return self.get(sid)
         if _worker_of(row) is not None:
-            return self._stop_remote(row, timeout_s)
+            return self._stop_remote(row, timeout_s, by)
         try:
-            call(row["control"], {"cmd": "stop"}, timeout_ms=1000)
+            call(row["control"], {"cmd": "stop", "by": by}, timeout_ms=1000)
         except (SessionUnreachable, RuntimeError):
             pass
         if not self._wait_exit(sid, row["pid"], timeout_s):
@@ -484,8 +487,8 @@ class SessionManager:
             proc.kill()
             raise
 
-    def delete(self, sid: str) -> None:
-        self.stop(sid)
+    def delete(self, sid: str, by: str = "") -> None:
+        self.stop(sid, by=by)
         wid = _worker_of(self._row(sid))
         if wid is not None and self.cluster.alive(wid):
             try:
@@ -545,7 +548,7 @@ class SessionManager:
             raise RuntimeError(str(exc)) from exc
 
     def _start_remote(self, sid: str, cfg: SessionConfig,
-                      exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+                      exclude: tuple[str, ...] = (), by: str = "") -> dict[str, Any]:
         from service.cluster.registry import NoWorker
 
         try:
@@ -557,7 +560,7 @@ class SessionManager:
                                   control=f"worker:{wid}")
         try:
             out = self._ask(wid, "start", self.start_timeout_s + 5, sid=sid,
-                            config=cfg.model_dump())
+                            config=cfg.model_dump(), by=by)
         except (SessionError, SessionUnreachable, RuntimeError) as exc:
             self._placed.pop(sid, None)
             self.store.update_session(sid, state="failed", error=str(exc))
@@ -592,11 +595,12 @@ class SessionManager:
             return {"state": out["state"], "error": out["error"]}
         return live
 
-    def _stop_remote(self, row: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    def _stop_remote(self, row: dict[str, Any], timeout_s: float,
+                     by: str = "") -> dict[str, Any]:
         sid, wid = row["id"], _worker_of(row)
         assert wid is not None
         try:
-            out = self._ask(wid, "stop", timeout_s + 5, sid=sid)
+            out = self._ask(wid, "stop", timeout_s + 5, sid=sid, by=by)
             self.store.update_session(sid, state=out["state"], error=out["error"],
                                       recording=out.get("recording"))
         except (SessionError, SessionUnreachable, RuntimeError) as exc:

@@ -237,7 +237,8 @@ class SessionRunner:
         return self.core.state
 
     # ================================================================== lifecycle
-    def start(self) -> None:
+    def start(self, by: str = "") -> None:
+        """Open the recording and begin the loop; ``by``: who started it (recorded)."""
         # Redis first: an unreachable server fails the start with its URL in the error.
         if self.redis_mirror is not None:
             self.redis_mirror.start()
@@ -245,9 +246,17 @@ class SessionRunner:
             self.redis_reader.start()
         if self.cfg.record and self.recordings_dir is not None:
             self._open_recorder()
+        self.lifecycle("start", by)
         decoder = self._load_model(self.cfg.decoder.model) if self.cfg.decoder.model else None
         self.core.begin(decoder)
         self._after_install()
+
+    def lifecycle(self, op: str, by: str) -> None:
+        """A start or stop asked by ``by`` (a token's name): in the recording, as an event
+        that replay and verify pass over (it changes no decision), and in the audit log."""
+        if self.recorder is not None and not self.recorder.error:
+            self.recorder.event({"lifecycle": op, "by": by})
+        self.audit.event(op, self.core.session_ns(), by=by)
 
     def _open_recorder(self) -> None:
         from service.recording.recorder import Recorder
@@ -536,6 +545,7 @@ class SessionRunner:
             extra.append(self.metrics.e2e_samples().tobytes())
             return {"ok": True}
         if cmd == "stop":
+            self.lifecycle("stop", by)
             self.stop_requested = True
             return {"ok": True}
         if cmd == "arm":
@@ -686,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--recordings-dir", type=Path)
     ap.add_argument("--keys-dir", type=Path, help="Where the session's CurveZMQ key lives")
     ap.add_argument("--audit-dir", type=Path, help="Where the audit log is appended")
+    ap.add_argument("--by", default="", help="Who started it (the API token's name)")
     ap.add_argument("--exit-with-parent", action="store_true",
                     help="Drive stim safe and stop when the parent (a worker) is gone")
     a = ap.parse_args(argv)
@@ -718,7 +729,7 @@ def main(argv: list[str] | None = None) -> int:
         # A file-size limit must surface as a write error (the recorder then drives the
         # stimulator safe), not kill the process with SIGXFSZ.
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        runner.start()
+        runner.start(a.by)
         runner.run()
         return 0 if runner.state is SessionState.STOPPED else 1
     except Exception as exc:

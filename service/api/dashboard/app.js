@@ -1,6 +1,7 @@
 // spikeloop dashboard: sessions, live plots from the WebSocket streams, operator controls.
-// Reads use the open REST endpoints; every change sends the operator's token, and arming,
-// disarming and limits go through a confirmation dialog first.
+// Every read sends the token typed in the header (kept for this tab in sessionStorage; it
+// needs the read scope); every change sends the operator's token, and arming, disarming and
+// limits go through a confirmation dialog first.
 "use strict";
 
 const RASTER_S = 5, TRAJ_S = 5, SERIES_S = 20, POLL_MS = 2000, DRAW_MS = 100;
@@ -14,7 +15,14 @@ const S = {
 };
 
 // ------------------------------------------------------------------ REST
-async function api(method, path, body, token) {
+const TOKEN_KEY = "spikeloop.token";
+
+/** The token for reads: the header's field (the dialog's token is sent for changes). */
+function readToken() {
+  return $("token").value.trim();
+}
+
+async function api(method, path, body, token = readToken()) {
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = "Bearer " + token;
   const r = await fetch(path, { method, headers, body: body ? JSON.stringify(body) : undefined });
@@ -44,8 +52,16 @@ async function refresh() {
   try {
     S.sessions = await api("GET", "/sessions");
   } catch (e) {
-    notice("control plane unreachable: " + e.message, true);
+    if (/HTTP 40[13]/.test(e.message)) {
+      notice("enter a token with the read scope (var/admin.token on the server, or " +
+             "spikeloop token create NAME --scopes read): " + e.message, true);
+    } else {
+      notice("control plane unreachable: " + e.message, true);
+    }
     return;
+  }
+  if ($("notice").className === "error" && /read scope/.test($("notice").textContent)) {
+    notice("");
   }
   const body = $("sessions").tBodies[0];
   body.replaceChildren(...S.sessions.map((s) => {
@@ -126,17 +142,24 @@ function wsUrl(path) {
   return (location.protocol === "https:" ? "wss://" : "ws://") + location.host + path;
 }
 
+/** A WebSocket that carries the read token: a browser cannot set a header on one, so the
+ * token travels as the subprotocol "bearer.<token>" and the server answers "spikeloop". */
+function openSocket(path) {
+  const t = readToken();
+  return new WebSocket(wsUrl(path), t ? ["spikeloop", "bearer." + t] : []);
+}
+
 function openStreams(row) {
   const sid = row.id;
   if (!S.stream) {
     const binMs = row.config.bin_ms || 20;
     const every = Math.max(1, Math.ceil(20 / binMs));  // decoded points at <= 50 per second
-    S.stream = new WebSocket(wsUrl(`/sessions/${sid}/stream?every=${every}`));
+    S.stream = openSocket(`/sessions/${sid}/stream?every=${every}`);
     S.stream.onmessage = (e) => { if (S.sid === sid) onStream(JSON.parse(e.data)); };
     S.stream.onclose = () => { if (S.sid === sid) S.stream = null; };
   }
   if (!S.raster) {
-    S.raster = new WebSocket(wsUrl(`/ui/sessions/${sid}/raster?hz=10`));
+    S.raster = openSocket(`/ui/sessions/${sid}/raster?hz=10`);
     S.raster.onmessage = (e) => { if (S.sid === sid) onRaster(JSON.parse(e.data)); };
     S.raster.onclose = () => { if (S.sid === sid) S.raster = null; };
   }
@@ -390,6 +413,12 @@ $("limits").onsubmit = (e) => {
 };
 
 // ------------------------------------------------------------------ start
+$("token").value = sessionStorage.getItem(TOKEN_KEY) || "";
+$("token").addEventListener("input", () => {
+  sessionStorage.setItem(TOKEN_KEY, readToken());
+  closeStreams();  // reopened with the new token by the next refresh
+  refresh();
+});
 api("GET", "/healthz").then((h) => { $("version").textContent = "v" + h.version; })
   .catch(() => {});
 refresh();

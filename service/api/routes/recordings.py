@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 
 from service.api.deps import ManagerDep, require, stim_limits_need_stim
@@ -30,11 +30,9 @@ def download_recording(name: str, manager: ManagerDep):
 
 @router.post("/recordings/{name}/replay", response_model=SessionOut, status_code=201,
              dependencies=[require("control")])
-def replay_recording(name: str, body: ReplayIn, request: Request, manager: ManagerDep,
-                     authorization: str | None = Header(None)):
+def replay_recording(name: str, body: ReplayIn, request: Request, manager: ManagerDep):
     """Start a new session fed by this recording (its own config unless overridden)."""
-    stim_limits_need_stim(request, ((body.session or {}).get("stim") or {}).get("limits"),
-                          authorization)
+    stim_limits_need_stim(request, ((body.session or {}).get("stim") or {}).get("limits"))
     path = _recording(manager, name)
     try:
         return manager.replay(path, body.speed, body.session, body.behavior)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.api.deps import ManagerDep, require, stim_limits_need_stim
+from service.api.deps import ControlUser, ManagerDep, require, stim_limits_need_stim
 from service.api.schemas import AdaptIn, ModelIn, SessionOut
 from service.session.config import SessionConfig
 
@@ -23,9 +23,8 @@ def list_sessions(manager: ManagerDep):
 
 @router.post("/sessions", response_model=SessionOut, status_code=201,
              dependencies=[require("control")])
-def create_session(config: SessionConfig, request: Request, manager: ManagerDep,
-                   authorization: str | None = Header(None)):
-    stim_limits_need_stim(request, config.stim.limits, authorization)
+def create_session(config: SessionConfig, request: Request, manager: ManagerDep):
+    stim_limits_need_stim(request, config.stim.limits)
     return manager.create(config)
 
 
@@ -34,21 +33,21 @@ def get_session(sid: str, manager: ManagerDep):
     return manager.get(sid)
 
 
-@router.post("/sessions/{sid}/start", response_model=SessionOut,
-             dependencies=[require("control")])
-def start_session(sid: str, manager: ManagerDep):
-    return manager.start(sid)
+@router.post("/sessions/{sid}/start", response_model=SessionOut)
+def start_session(sid: str, manager: ManagerDep, who: ControlUser):
+    """Start the session; the token's name is recorded and audited with the start."""
+    return manager.start(sid, by=who.name)
 
 
-@router.post("/sessions/{sid}/stop", response_model=SessionOut,
-             dependencies=[require("control")])
-def stop_session(sid: str, manager: ManagerDep):
-    return manager.stop(sid)
+@router.post("/sessions/{sid}/stop", response_model=SessionOut)
+def stop_session(sid: str, manager: ManagerDep, who: ControlUser):
+    """Stop the session (stimulation driven safe first); the token's name is recorded."""
+    return manager.stop(sid, by=who.name)
 
 
-@router.delete("/sessions/{sid}", status_code=204, dependencies=[require("control")])
-def delete_session(sid: str, manager: ManagerDep) -> Response:
-    manager.delete(sid)
+@router.delete("/sessions/{sid}", status_code=204)
+def delete_session(sid: str, manager: ManagerDep, who: ControlUser) -> Response:
+    manager.delete(sid, by=who.name)
     return Response(status_code=204)
 
 
@@ -64,11 +63,11 @@ def session_latency(sid: str, manager: ManagerDep) -> dict[str, Any]:
     return {"e2e_ns": np.frombuffer(extra[0], np.int64).tolist()}
 
 
-@router.post("/sessions/{sid}/adapt", dependencies=[require("control")])
-def set_adapt(sid: str, body: AdaptIn, manager: ManagerDep) -> dict[str, Any]:
+@router.post("/sessions/{sid}/adapt")
+def set_adapt(sid: str, body: AdaptIn, manager: ManagerDep, who: ControlUser) -> dict[str, Any]:
     """Online recalibration on or off, from the next bin (the decoder adapts towards
     the behaviour topic; ``adapting`` says whether the installed decoder does)."""
-    reply = manager.control(sid, {"cmd": "adapt", "enabled": body.enabled})
+    reply = manager.control(sid, {"cmd": "adapt", "enabled": body.enabled, "by": who.name})
     return {"adapt": reply["adapt"], "adapting": reply["adapting"]}
 
 

@@ -1,5 +1,6 @@
 """Stimulation: arm and disarm a session's output, its audit log and its safety limits
-(anything that can change stimulation needs the ``stim`` scope)."""
+(anything that can change stimulation needs the ``stim`` scope; the token's name is
+written with each change in the audit log and the recording)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,21 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 
-from service.api.deps import ManagerDep, require
+from service.api.deps import ManagerDep, StimUser
 from service.api.schemas import ArmOut
 from stim.limits import SafetyLimits
 
 router = APIRouter(tags=["stimulation"])
 
 
-@router.post("/sessions/{sid}/arm", response_model=ArmOut, dependencies=[require("stim")])
-def arm(sid: str, manager: ManagerDep):
-    return {"armed": manager.control(sid, {"cmd": "arm"})["armed"]}
+@router.post("/sessions/{sid}/arm", response_model=ArmOut)
+def arm(sid: str, manager: ManagerDep, who: StimUser):
+    return {"armed": manager.control(sid, {"cmd": "arm", "by": who.name})["armed"]}
 
 
-@router.post("/sessions/{sid}/disarm", response_model=ArmOut, dependencies=[require("stim")])
-def disarm(sid: str, manager: ManagerDep):
-    return {"armed": manager.control(sid, {"cmd": "disarm"})["armed"]}
+@router.post("/sessions/{sid}/disarm", response_model=ArmOut)
+def disarm(sid: str, manager: ManagerDep, who: StimUser):
+    return {"armed": manager.control(sid, {"cmd": "disarm", "by": who.name})["armed"]}
 
 
 @router.get("/sessions/{sid}/audit")
@@ -49,7 +50,6 @@ def get_limits(sid: str, manager: ManagerDep):
     return row["config"]["stim"]["limits"]
 
 
-@router.put("/sessions/{sid}/limits", response_model=SafetyLimits,
-            dependencies=[require("stim")])
-def put_limits(sid: str, limits: SafetyLimits, manager: ManagerDep):
-    return manager.set_limits(sid, limits)
+@router.put("/sessions/{sid}/limits", response_model=SafetyLimits)
+def put_limits(sid: str, limits: SafetyLimits, manager: ManagerDep, who: StimUser):
+    return manager.set_limits(sid, limits, by=who.name)
