@@ -72,6 +72,19 @@ class Server:
         return ControlClient(self.url, self.token if token == "admin" else token)
 
 
+def start_running(c, endpoint: str, channels: int, name: str, calibration_s: float,
+                  timeout_s: float, **source) -> tuple[str, dict]:
+    """Start a Kalman + speed_to_dbs session on ``endpoint`` through the control client
+    ``c``; its id and live status once it runs (calibrated)."""
+    cfg = {"name": name, "bin_ms": 20.0,
+           "source": {"endpoint": endpoint, "channels": channels, **source},
+           "decoder": {"type": "kalman", "calibration_s": calibration_s},
+           "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}}}
+    sid = c.start(c.create_session(cfg)["id"])["id"]
+    return sid, wait_for(lambda: (lambda x: x if x.get("state") == "running" else None)(
+        c.session(sid)["live"]), timeout_s, f"session {name} to calibrate and run")
+
+
 def start_server(data_dir: Path, port: int | None = None, extra: tuple[str, ...] = (),
                  log: Path | None = None, ca_file: Path | None = None) -> Server:
     """``spikeloop serve`` on 127.0.0.1; its stderr to ``log`` when given; https when

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from clients.stream import StreamClient
-from tests.helpers import PY, REPO, free_port, stop_process, wait_for
+from tests.helpers import PY, REPO, free_port, start_running, stop_process
 
 SOURCE = REPO / "clients" / "c" / "spike_publisher.c"
 CHANNELS = 32
@@ -54,13 +54,8 @@ def test_c_publisher_decodes_in_a_live_session_with_zero_rejected_frames(server,
         assert check.returncode == 0 and report["violations"] == [], check.stdout
         assert report["messages"]["spikes"] > 100
 
-        cfg = {"name": "c-publisher", "bin_ms": 20.0,
-               "source": {"endpoint": endpoint, "channels": CHANNELS, "stream": "crig"},
-               "decoder": {"type": "kalman", "calibration_s": 10.0},
-               "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}}}
-        sid = c.start(c.create_session(cfg)["id"])["id"]
-        live = wait_for(lambda: (lambda x: x if x.get("state") == "running" else None)(
-            c.session(sid)["live"]), 90, "the session to calibrate on the C publisher")
+        sid, live = start_running(c, endpoint, CHANNELS, "c-publisher", 10.0, 90,
+                                  stream="crig")
         sc = StreamClient(live["output_endpoint"], topics=(b"decoded",))
         pred, true = [], []
         try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from clients.stream import StreamClient
 from service.wire import protocol as P
-from tests.helpers import SimThread, wait_for
+from tests.helpers import SimThread, start_running, wait_for
 
 
 def _stray(step: int):
@@ -27,13 +27,7 @@ def _stray(step: int):
 def test_unmatched_topics_are_counted_and_stim_messages_say_what_is_in_force(server):
     c = server.client()
     with SimThread(units=32, seed=5, inject=_stray) as sim:
-        cfg = {"name": "topics", "bin_ms": 20.0,
-               "source": {"endpoint": sim.endpoint, "channels": 32},
-               "decoder": {"type": "kalman", "calibration_s": 1.0},
-               "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}}}
-        sid = c.start(c.create_session(cfg)["id"])["id"]
-        live = wait_for(lambda: (lambda x: x if x.get("state") == "running" else None)(
-            c.session(sid)["live"]), 60, "running")
+        sid, live = start_running(c, sim.endpoint, 32, "topics", 1.0, 60)
         sc = StreamClient(live["output_endpoint"], topics=(b"stim",))
         msgs = []
         try:
