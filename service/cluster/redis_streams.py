@@ -62,7 +62,7 @@ def redact(url: str) -> str:
 
 
 #: a password given as a query parameter of a Redis URL
-_QUERY_SECRET = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_QUERY_SECRET = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 
 
 def has_secret(url: str) -> bool:
@@ -74,14 +74,16 @@ def password_of(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.password:
         return parts.password
-    found = re.search(r"[?&]password=([^&#]*)", parts.query and f"?{parts.query}", re.IGNORECASE)
-    return found.group(1) if found and found.group(1) else None
+    found = _QUERY_SECRET.search(url)
+    return found.group(2) if found and found.group(2) else None
 
 
 def without_secret(url: str) -> str:
     """``url`` with its password removed (user name and everything else kept)."""
     scheme, sep, rest = url.partition("://")
-    rest = re.sub(r"([?&])password=[^&#]*&?", r"\1", rest, flags=re.IGNORECASE).rstrip("?&")
+    base, _, query = rest.partition("?")
+    kept = [q for q in query.split("&") if q and not q.lower().startswith("password=")]
+    rest = base + ("?" + "&".join(kept) if kept else "")
     cred, at, host = rest.rpartition("@")
     if not at:
         return f"{scheme}{sep}{rest}"

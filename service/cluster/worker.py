@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from service.cluster.redis_streams import Keys, connect, redact, share_password, without_secret
+from service.cluster.redis_streams import Keys, connect, redact, without_secret
 from service.cluster.registry import redis_now_ms
 from service.session.config import RedisConfig, SessionConfig
 from service.session.control import SessionUnreachable
@@ -46,7 +46,6 @@ class Worker:
                  capacity: int = 4, labels: dict[str, str] | None = None,
                  bind_host: str = "127.0.0.1", heartbeat_s: float = 0.5, lease_s: float = 3.0):
         self.redis_url = redis_url
-        share_password(redis_url)  # the sessions it runs read it from their environment
         self.id = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
         self.capacity = capacity
         self.labels = labels or {}
