@@ -78,11 +78,16 @@ class Follower:
 
 @dataclass
 class Feed:
+    """One subscription and its followers; its task runs from creation until the session
+    ends or the last follower leaves."""
+
     key: FeedKey
     still_active: Callable[[], Awaitable[bool]]
     followers: set[Follower] = field(default_factory=set)
-    task: asyncio.Task[None] | None = None
-    messages: int = 0
+    task: asyncio.Task[None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"feed-{self.key.session}")
 
     async def run(self) -> None:
         sub = zmq.asyncio.Context.instance().socket(zmq.SUB)
@@ -107,7 +112,6 @@ class Feed:
                         msg = P.decode(frames)
                     except P.ProtocolError:
                         continue  # the session counts its own bad input; nothing to show
-                    self.messages += 1
                     for f in self.followers:
                         _offer(f, msg)
         finally:
@@ -141,9 +145,8 @@ class Fanout:
         """Follow ``key``'s feed (started if no one follows it yet) while in the block;
         ``still_active()`` is asked when the socket is quiet, and False ends the feed."""
         feed = self.feeds.get(key)
-        if feed is None or feed.task is None or feed.task.done():
+        if feed is None or feed.task.done():
             feed = self.feeds[key] = Feed(key, still_active)
-            feed.task = asyncio.create_task(feed.run(), name=f"feed-{key.session}")
         me = Follower(asyncio.Queue(queue_size))
         feed.followers.add(me)
         try:
@@ -156,7 +159,6 @@ class Fanout:
                          key.session, me.dropped)
             if not feed.followers and self.feeds.get(key) is feed:
                 del self.feeds[key]
-                assert feed.task is not None
                 feed.task.cancel()
 
     def followers(self) -> int:

@@ -21,8 +21,8 @@ from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 
+from service.api.deps import FanoutDep
 from service.api.live import (
-    Fanout,
     FeedKey,
     StreamEnded,
     open_session_stream,
@@ -100,7 +100,7 @@ def mount_ui(app: FastAPI, manager: SessionManager) -> None:
             return RedirectResponse("/ui/")
 
     @app.websocket("/ui/sessions/{sid}/raster")
-    async def raster(ws: WebSocket, sid: str,
+    async def raster(ws: WebSocket, sid: str, fanout: FanoutDep,
                      hz: float = Query(10.0, gt=0, le=20),
                      max_events: int = Query(4000, ge=100, le=50_000)):
         """Spikes of the session's source, ``hz`` updates/s, at most ``max_events`` each."""
@@ -108,7 +108,6 @@ def mount_ui(app: FastAPI, manager: SessionManager) -> None:
         if row is None:  # never connect to a source no session listens to
             return
         cfg = SessionConfig.model_validate(row["config"])
-        fanout: Fanout = ws.app.state.fanout
         key = FeedKey(sid, cfg.source.endpoint, (cfg.source.spikes_topic.encode(),))
         closed = asyncio.create_task(wait_closed(ws))
         batch = RasterBatch(max_events)
