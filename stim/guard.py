@@ -486,8 +486,7 @@ class SafetyGuard:
         f = _clamp(r.frequency_hz, lim.min_frequency_hz, lim.max_frequency_hz,
                    "frequency_hz", reasons)
         want = _clamp(r.amplitude_ma, 0.0, lim.max_amplitude_ma, "amplitude_ma", reasons)
-        # amplitude cap from the charge limits (as lim.max_safe_amplitude_ma(pw))
-        hard = min(lim.max_amplitude_ma, self._max_charge_uc * 1000.0 / pw)
+        hard = lim.max_safe_amplitude_ma(pw, self._max_charge_uc)  # the charge limits' cap
         if want > hard:
             reasons.append(f"amplitude {want:g} mA limited to {hard:.4g} mA by charge "
                            f"per phase / density / Shannon k")

@@ -114,6 +114,10 @@ class SafetyLimits(BaseModel):
         shannon = math.sqrt(a * 10.0 ** self.shannon_k_max)  # log10(Q^2 / A) <= k
         return min(self.max_charge_per_phase_uc, self.max_charge_density_uc_cm2 * a, shannon)
 
-    def max_safe_amplitude_ma(self, pulse_width_us: float) -> float:
-        """Highest amplitude whose charge per phase is within every charge limit."""
-        return min(self.max_amplitude_ma, self.max_charge_uc() * 1000.0 / pulse_width_us)
+    def max_safe_amplitude_ma(self, pulse_width_us: float,
+                              max_charge_uc: float | None = None) -> float:
+        """Highest amplitude whose charge per phase is within every charge limit.
+        ``max_charge_uc``: :meth:`max_charge_uc`, when the caller keeps it (the guard,
+        every bin)."""
+        charge = self.max_charge_uc() if max_charge_uc is None else max_charge_uc
+        return min(self.max_amplitude_ma, charge * 1000.0 / pulse_width_us)
