@@ -26,8 +26,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from starlette.requests import HTTPConnection
+
 from service.api.auth import FailedAuthLimiter
-from service.api.deps import WS_PROTOCOL
+from service.api.deps import WS_PROTOCOL, bearer
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,7 @@ class RequestGuard:
                                         f"retry in {math.ceil(wait)} s with a valid token",
                              {"retry-after": str(math.ceil(wait))})
                 return
-            auth = headers.get("authorization", "")
-            token = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            token = bearer(HTTPConnection(scope)) or ""
             if not token or not self.token_known(token):
                 if token and self.limiter is not None:
                     self.limiter.failed(client, scope["path"],
