@@ -53,10 +53,14 @@ def test_fault_source_dies_and_returns(server):
     c.arm(sid)
     wait_for(lambda: (link.poll(50), link.current and link.current["amplitude_ma"] > 0)[1],
              30, "stimulation while armed")
+    # A loaded machine can stall the source (a thread of this process) past the 100 ms
+    # watchdog before it dies: that trip is legitimate, and stimulation resumes with the
+    # next frames. What is promised: after the source is gone, a trip drives stim safe.
+    trips0 = _live(c, sid)["counters"].get("watchdog_trips", 0)
     sim.__exit__()  # the source dies
-    live = wait_for(lambda: (lambda x: x if x["counters"].get("watchdog_trips", 0) >= 1
-                             else None)(_live(c, sid)), 30, "the watchdog")
-    assert live["stim"]["amplitude_ma"] == 0.0, live["stim"]
+    live = wait_for(lambda: (lambda x: x if x["counters"].get("watchdog_trips", 0) > trips0
+                             and x["stim"]["amplitude_ma"] == 0.0 else None)(_live(c, sid)),
+                    30, "the watchdog to drive stimulation safe")
     wait_for(lambda: (link.poll(50), link.current and link.current["amplitude_ma"] == 0.0)[1],
              10, "the stimulator to receive the safe state")
     assert not link.lost, "heartbeats keep flowing while only the source is gone"

@@ -76,9 +76,12 @@ def test_armed_session_stimulates_again_after_its_source_restarts(server, modali
         s = c.start(c.create_session(_cfg(sim.endpoint, stim=STIM[modality]))["id"])
         sid = s["id"]
         wait_for(lambda: c.session(sid)["state"] == "running", 60, "calibration")
-        c.arm(sid)
+        # subscribed before arming: a command the guard repeats is a "hold" (no cmd), so
+        # a subscriber that joins after the first "sent" may see no other
         sc = StreamClient(s["output_endpoint"], topics=(b"stim",))
         try:
+            wait_for(lambda: sc.recv(timeout_ms=200) is not None, 30, "the stim stream", 0)
+            c.arm(sid)
             _wait_on(sc, "stimulation before the restart")
             sent_before = _stim_total(c.prometheus(), sid, "sent") + \
                 _stim_total(c.prometheus(), sid, "clamped")
