@@ -99,6 +99,34 @@ def test_rnn_training_is_reproducible_and_learns(kind, sim_data):
     assert r2_per_output(truth[900:, 2:], a.predict(counts[900:])[:, 2:]).mean() > 0.3
 
 
+@pytest.mark.parametrize("branches", [1, 3])
+def test_snn_kernel_matches_the_trained_network_on_both_input_paths(branches, sim_data):
+    """The event-driven numpy step (rows of the inputs that fired, rows of the neurons
+    that spiked) and the dense product compute what the torch network computes."""
+    import torch
+
+    from decoders.snn import SNNKernel, SNNNet, export_kernel_params
+
+    counts, _ = sim_data
+    counts = counts[:200] * (np.arange(200)[:, None] % 3 == 0)  # sparse bins and dense bins
+    net = SNNNet(counts.shape[1], 4, hidden=32, branches=branches, seed=3)
+    with torch.no_grad():
+        net.w_in.mul_(3.0)  # enough drive that neurons spike and recurrence matters
+    mu, sd = counts.mean(0), counts.std(0) + 1e-3
+    with torch.no_grad():
+        ref, spikes = (t[0].numpy() for t in net(
+            torch.from_numpy((counts - mu) / sd).float()[None]))
+    assert 0.02 < spikes.mean() < 0.5, spikes.mean()
+    p = export_kernel_params(net, mu, sd, np.zeros(4), np.ones(4))
+    tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in p.items()}
+    for dense_above in (0, counts.shape[1]):  # always dense, never dense
+        k = SNNKernel(tensors, 32, branches)
+        k._dense_above = dense_above
+        out, s = k.run(counts)
+        np.testing.assert_array_equal(s, spikes)
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+
+
 @pytest.mark.parametrize("kind", ["gru", "lstm"])
 def test_rnn_kernel_matches_torch_and_reuses_buffers(kind, sim_data):
     import torch
