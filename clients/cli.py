@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from .cli_ops import BIND_HELP, LOCAL_SOURCE
+
 app = typer.Typer(
     help="spikeloop: closed-loop BCI service. Start with `spikeloop run` (everything at once) "
          "or `spikeloop serve` + `spikeloop sim` + `spikeloop session create/start`.",
@@ -62,7 +64,7 @@ def _options(verbose: bool = typer.Option(False, "--verbose", "-v",
 
 # ============================================================================ sim
 @app.command()
-def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to bind"),
+def sim(endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
         source: str = typer.Option("motor", help="motor | parkinson | opsin"),
         units: int = typer.Option(96, min=1, max=65535, help="Number of units"),
         step_ms: float = typer.Option(1.0, help="Frame period (source clock)"),
@@ -142,7 +144,8 @@ def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulatio
 @session_app.command("create")
 def session_create(
         config: Path | None = typer.Option(None, help="Session config JSON file"),
-        source: str = typer.Option("tcp://127.0.0.1:5555", help="Source endpoint"),
+        source: str = typer.Option(LOCAL_SOURCE, help="Source endpoint (default: the "
+                                                              "local socket of sim/replay)"),
         channels: int = typer.Option(96), bin_ms: float = typer.Option(20.0),
         decoder: str = typer.Option("kalman"), model: str | None = typer.Option(None),
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
@@ -407,7 +410,7 @@ def _follow(sc, every: int, should_stop=lambda: False) -> None:
 @app.command()
 def replay(recording: str = typer.Argument(..., help="A .splog session log, an NWB file, "
                                                      "or dataset:NAME"),
-           endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to bind"),
+           endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
            speed: float = typer.Option(1.0, min=0.001, help="x real time"),
            fast: bool = typer.Option(False, help="As fast as possible (overrides --speed)"),
            wait_s: float = typer.Option(60.0, help="Wait this long for a subscriber"),
@@ -455,8 +458,9 @@ def verify(recording: Path = typer.Argument(..., exists=True, help="A .splog ses
 
 @app.command("check-source")
 def check_source(
-        endpoint: str = typer.Argument(..., help="The publisher's ZeroMQ endpoint, e.g. "
-                                                 "tcp://127.0.0.1:5555"),
+        endpoint: str = typer.Argument(LOCAL_SOURCE, help="The publisher's ZeroMQ endpoint, "
+                                                       "e.g. tcp://127.0.0.1:5555 (default: "
+                                                       "the local source socket)"),
         seconds: float = typer.Option(10.0, min=0.1, help="How long to listen (wall clock)"),
         channels: int | None = typer.Option(None, min=1, help="The session's channel count: "
                                                               "also check ch against it"),

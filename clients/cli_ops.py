@@ -19,8 +19,13 @@ from pathlib import Path
 
 import typer
 
+from service.wire.net import local_source_endpoint
+
 DATA = Path(os.environ.get("SPIKELOOP_DATA_DIR", "var"))
 API = os.environ.get("SPIKELOOP_API", "http://127.0.0.1:8000")
+LOCAL_SOURCE = local_source_endpoint()  # ipc:// in this user's runtime dir, or $SPIKELOOP_SOURCE
+BIND_HELP = ("PUB endpoint to bind (default: this user's local source socket, where sessions "
+             "look by default; tcp://IP:PORT to publish to other hosts)")
 
 
 # ============================================================================ report
@@ -214,7 +219,7 @@ def _until_signal() -> dict[str, bool]:
 
 @lsl_app.command("source")
 def lsl_source(spikes: str = typer.Argument(..., help="Name of the LSL spike stream"),
-               endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint to bind"),
+               endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
                behavior: str | None = typer.Option(None, help="LSL stream with the behaviour "
                                                               "(truth/calibration targets)"),
                channels: int | None = typer.Option(None, help="Units of an event stream"),

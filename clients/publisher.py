@@ -22,6 +22,7 @@ import zmq
 
 from service.wire import protocol as P
 from service.wire.curve import serve_curve
+from service.wire.net import prepare_bind
 
 
 class SpikePublisher:
@@ -54,6 +55,7 @@ class SpikePublisher:
         if curve_secret_file:  # encrypted; with a directory, only those sessions may listen
             self._auth = serve_curve(self.socket, curve_secret_file, curve_allowed_dir)
         if bind:
+            prepare_bind(endpoint)
             self.socket.bind(endpoint)
             self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         else:

@@ -45,3 +45,29 @@ def test_doctor_reports_every_check_as_json(tmp_path):
         assert c["status"] == "ok" or "to grant:" in c["detail"], c
     if os.geteuid() == 0:  # root may use SCHED_FIFO (unless a container forbids it)
         assert "SCHED_FIFO" in checks["realtime scheduling"]["detail"]
+
+
+def test_sim_replay_and_a_default_session_meet_on_one_private_local_socket(tmp_path,
+                                                                          monkeypatch):
+    """Defaults are the product: with no endpoint given anywhere, `spikeloop sim`/`replay`
+    bind where a session listens by default, on ipc:// in a 0700 directory of this user."""
+    from service.session.config import SessionConfig
+    from service.wire.net import local_source_endpoint, prepare_bind
+
+    monkeypatch.delenv("SPIKELOOP_SOURCE", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    endpoint = local_source_endpoint()
+    assert endpoint == f"ipc://{tmp_path}/spikeloop/source.sock"
+    assert SessionConfig().source.endpoint == endpoint
+    assert SessionConfig().output.endpoint == "ipc"
+    prepare_bind(endpoint)
+    assert (tmp_path / "spikeloop").stat().st_mode & 0o777 == 0o700
+    cmd = get_command(app)
+    defaults = {name: {p.name: p.default for p in cmd.commands[name].params}  # type: ignore
+                for name in ("sim", "replay", "check-source")}
+    import clients.cli_ops as ops
+    # the CLI computed its default at import, in this process's environment
+    assert defaults["sim"]["endpoint"] == defaults["replay"]["endpoint"] == ops.LOCAL_SOURCE
+    assert defaults["check-source"]["endpoint"] == ops.LOCAL_SOURCE
+    monkeypatch.setenv("SPIKELOOP_SOURCE", "tcp://127.0.0.1:5999")
+    assert SessionConfig().source.endpoint == "tcp://127.0.0.1:5999"

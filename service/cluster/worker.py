@@ -196,7 +196,10 @@ class Worker:
         upd: dict[str, Any] = {}
         if cfg.redis is None:  # mirror outputs and recording so other hosts can read them
             upd["redis"] = RedisConfig(url=without_secret(self.redis_url))
-        if cfg.output.endpoint == "tcp://127.0.0.1:0" and self.bind_host != "127.0.0.1":
+        # a worker that serves other hosts (--bind-host) publishes where they can reach it,
+        # unless the session named a TCP port itself
+        if cfg.output.endpoint in ("ipc", "tcp://127.0.0.1:0") and \
+                self.bind_host != "127.0.0.1":
             upd["output"] = cfg.output.model_copy(update={"endpoint": f"tcp://{self.bind_host}:0"})
         return cfg.model_copy(update=upd) if upd else cfg
 

@@ -23,6 +23,7 @@ import numpy as np
 from service.loop.core import SessionCore
 from service.recording.recorder import SUFFIX, RecordType, read_log
 from service.session.config import recorded_config
+from service.wire.net import prepare_bind
 from service.wire.protocol import KIND_BEHAVIOR, KIND_COUNTS, encode_array, encode_events
 from sources.readers import DATASET_FILES, Chunk, DatasetReader, NwbUnitsReader
 
@@ -296,6 +297,7 @@ def publish(rec: Recording, endpoint: str, speed: float | None = 1.0,
     sock = ctx.socket(zmq.XPUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, int(linger_s * 1000))
+    prepare_bind(endpoint)
     sock.bind(endpoint)
     try:
         if wait_subscriber_s > 0 and not sock.poll(int(wait_subscriber_s * 1000), zmq.POLLIN):

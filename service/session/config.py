@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from service.cluster.redis_streams import has_secret
+from service.wire.net import local_source_endpoint
 from stim.limits import SafetyLimits
 
 _ENDPOINT = re.compile(r"(tcp://(\[[0-9a-fA-F:]+\]|[^\s:\[\]]+):(\d+|\*)|ipc://\S+|inproc://\S+)")
@@ -34,7 +35,10 @@ def _check_endpoint(v: str) -> str:
 class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field("tcp://127.0.0.1:5555", description="Where the source publishes")
+    endpoint: str = Field(default_factory=local_source_endpoint,
+                          description="Where the source publishes (default: the local "
+                                      "source socket of `spikeloop sim`/`replay`, "
+                                      "ipc://…/source.sock; tcp://HOST:PORT for another host)")
     channels: int = Field(96, ge=1, le=65536, description="Number of units/channels")
     spikes_topic: str = "spikes"
     behavior_topic: str = Field("behavior", description="Ground truth / calibration targets")
@@ -75,10 +79,11 @@ class StimConfig(BaseModel):
 class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    endpoint: str = Field("tcp://127.0.0.1:0",
-                          description="PUB socket for decoded/stim/heartbeat: tcp://127.0.0.1:"
-                                      "PORT (0 = any free port), or \"ipc\" for a socket the "
-                                      "server places in the session's own directory")
+    endpoint: str = Field("ipc",
+                          description="PUB socket for decoded/stim/heartbeat: \"ipc\" (the "
+                                      "default) for a socket the server places in the "
+                                      "session's own directory, or tcp://127.0.0.1:PORT "
+                                      "(0 = any free port)")
     high_water_mark: int = Field(10_000, ge=1, le=100_000)
     heartbeat_ms: float = Field(100.0, gt=0, le=10_000)
 
