@@ -42,7 +42,7 @@ def test_live_session_replays_bit_for_bit(tmp_path):
          str(tmp_path / "cfg.json"), "--control", control, "--run-dir", str(tmp_path),
          "--recordings-dir", str(tmp_path / "rec")], cwd=REPO)
     ctl = ctx.socket(zmq.DEALER)
-    ctl.setsockopt(zmq.RCVTIMEO, 10_000)
+    ctl.setsockopt(zmq.RCVTIMEO, 60_000)  # the first answer waits for torch's import
     ctl.connect(control)
 
     def call(req: dict) -> dict:

@@ -15,6 +15,9 @@ import numpy as np
 
 #: histogram upper bounds in microseconds (sub-millisecond resolution)
 BUCKETS_US = (5, 10, 20, 50, 100, 200, 300, 500, 750, 1000, 2000, 5000, 10_000, 50_000, 250_000)
+#: parse: a frame's checks and binning; bin: all of one bin's work (decoder, policy, guard,
+#: publishing, audit, recording); decode: the decoder's step alone; stim: publishing the
+#: stim message; publish: publishing the decoded vector; e2e: frame received -> stim sent
 STAGES = ("parse", "bin", "decode", "stim", "publish", "e2e")
 
 
