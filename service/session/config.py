@@ -7,6 +7,7 @@ an API restart, and replayed with the same decisions.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -30,6 +31,23 @@ def _check_endpoint(v: str) -> str:
             "or ipc:///path"
         )
     return v
+
+
+def session_dir(run_dir: Path, sid: str) -> Path:
+    """A session's own 0700 directory under the run directory: its control and output
+    sockets (the manager and a runner started by hand agree on it)."""
+    d = run_dir / sid
+    d.mkdir(mode=0o700, exist_ok=True)
+    d.chmod(0o700)
+    return d
+
+
+def output_endpoint(endpoint: str, run_dir: Path, sid: str) -> str:
+    """Where a session binds its output: ``"ipc"`` (the default) becomes a socket in its
+    own directory; any other (checked) endpoint is used as given."""
+    if endpoint == "ipc":
+        return f"ipc://{session_dir(run_dir, sid) / 'output.sock'}"
+    return endpoint
 
 
 class SourceConfig(BaseModel):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cluster.redis_streams import redact
-from service.session.config import SessionConfig
+from service.session.config import SessionConfig, output_endpoint, session_dir
 from service.session.control import SessionUnreachable, call
 from service.session.realtime import pick_cpu
 from service.session.store import Store
@@ -291,10 +291,7 @@ class SessionManager:
 
     def session_dir(self, sid: str) -> Path:
         """The session's own 0700 directory: its control and output sockets."""
-        d = self.run_dir / sid
-        d.mkdir(mode=0o700, exist_ok=True)
-        d.chmod(0o700)
-        return d
+        return session_dir(self.run_dir, sid)
 
     def start(self, sid: str, local: bool = False, by: str = "") -> dict[str, Any]:
         """Start the session's process on a worker when there is a cluster, else here;
@@ -322,8 +319,7 @@ class SessionManager:
         sdir = self.session_dir(sid)
         for sock in sdir.glob("*.sock"):  # ours, from an earlier run of this session
             sock.unlink()
-        if cfg.output.endpoint == "ipc":
-            cfg.output.endpoint = f"ipc://{sdir / 'output.sock'}"
+        cfg.output.endpoint = output_endpoint(cfg.output.endpoint, self.run_dir, sid)
         if cfg.realtime and cfg.cpu is None:  # spread real-time sessions over the cores
             cfg.cpu = pick_cpu(os.sched_getaffinity(0), self._pinned_cpus())
         self._cpus[sid] = cfg.cpu

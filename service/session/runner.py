@@ -41,7 +41,7 @@ from service.loop.core import (
 )
 from service.loop.outcome import command_fields
 from service.recording.sink import RecorderSink
-from service.session.config import SessionConfig
+from service.session.config import SessionConfig, output_endpoint
 from service.session.deadline import DeadlineAccounting
 from service.session.metrics import SessionMetrics
 from service.session.realtime import Layout, apply_layout
@@ -186,7 +186,8 @@ class SessionRunner:
         self.output.setsockopt(zmq.LINGER, 0)
         if sec.output_curve:
             self._auth = serve_curve(self.output, secret, sec.output_allowed_clients)
-        self.output_endpoint = _bind(self.output, config.output.endpoint)
+        self.output_endpoint = _bind(self.output, output_endpoint(config.output.endpoint,
+                                                                  run_dir, session_id))
         # Every output message goes through emit: the PUB alone, or the PUB and then a
         # non-blocking copy to the Redis mirror thread.
         self.emit = self.output.send_multipart
