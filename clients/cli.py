@@ -72,6 +72,13 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
         counts: bool = typer.Option(False, help="Publish binned counts instead of events"),
         stim_endpoint: str | None = typer.Option(None, help="Session output to take stim from"),
         baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0),
+        drift_at: float | None = typer.Option(
+            None, min=0, help="Motor source: drift at this source time (s): rotate every "
+                              "preferred direction and silence units (logged when it happens)"),
+        drift_deg: float = typer.Option(30.0, help="Drift: rotation of the preferred "
+                                                   "directions (degrees)"),
+        drift_silence: float = typer.Option(0.2, min=0, max=1, help="Drift: fraction of the "
+                                                                    "units silenced"),
         curve_secret: Path | None = typer.Option(None, help="CurveZMQ secret key: encrypt"),
         curve_allow: Path | None = typer.Option(None, help="Directory of session public keys "
                                                            "allowed to subscribe"),
@@ -86,8 +93,12 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
     With --redis and --redis-stream, frames go to that Redis stream instead of the ZeroMQ
     endpoint (sessions on other hosts read it with source.redis_stream).
 
+    With --drift-at, the motor source drifts at that source time (what online
+    recalibration, ``decoder.adapt`` or ``POST /sessions/{id}/adapt``, must recover from).
+
     Examples: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
               spikeloop sim --redis redis://10.0.0.5:6379/0 --redis-stream rig1
+              spikeloop sim --drift-at 180 --drift-deg 30 --drift-silence 0.2
     """
     from .publisher import SpikePublisher
     from .simrunner import run_source
@@ -95,7 +106,9 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
     if bool(redis) != bool(redis_stream):
         raise typer.BadParameter("--redis and --redis-stream go together: the server, and the "
                                  "stream name the sessions read (source.redis_stream)")
-    src = _make_source(source, units, seed, baseline_hz, modulation_hz)
+    drift = None if drift_at is None else {"drift_at_s": drift_at, "drift_deg": drift_deg,
+                                            "drift_silence": drift_silence}
+    src = _make_source(source, units, seed, baseline_hz, modulation_hz, drift)
     sink = None
     if redis and redis_stream:
         from .redis_publisher import RedisStreamSink
@@ -121,12 +134,15 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
         pub.close()
 
 
-def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float):
+def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float,
+                 drift: dict[str, float] | None = None):
+    if drift is not None and kind != "motor":
+        raise typer.BadParameter(f"--drift-at: only the motor source drifts, not {kind!r}")
     if kind == "motor":
         from sources.motor import MotorCortexSim
 
         return MotorCortexSim(units=units, seed=seed, baseline_hz=baseline_hz,
-                              modulation_hz=modulation_hz)
+                              modulation_hz=modulation_hz, **(drift or {}))
     if kind == "parkinson":
         from sources.parkinson import ParkinsonSim
 
@@ -213,6 +229,24 @@ def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
     """
     with _client(api, data_dir, token) as c:
         _show(c.stop(sid), as_json)
+
+
+@session_app.command("adapt")
+def session_adapt(sid: str,
+                  off: bool = typer.Option(False, "--off", help="Switch recalibration off "
+                                                                "(freeze the decoder as it is)"),
+                  api: str = typer.Option(DEFAULT_API),
+                  data_dir: Path = typer.Option(DEFAULT_DATA),
+                  token: str | None = typer.Option(None)):
+    """Online recalibration on (or --off) from the next bin: the decoder follows the
+    behaviour topic (POST /sessions/{id}/adapt). Prints whether the decoder adapts.
+
+    Example: spikeloop session adapt 3f2a9c1b7d10
+    """
+    with _client(api, data_dir, token) as c:
+        reply = c.adapt(sid, not off)
+    typer.echo(f"{sid}  adapt={'on' if reply['adapt'] else 'off'}  "
+               f"decoder adapting={'yes' if reply['adapting'] else 'no'}")
 
 
 @session_app.command("list")
