@@ -106,8 +106,7 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
     if bool(redis) != bool(redis_stream):
         raise typer.BadParameter("--redis and --redis-stream go together: the server, and the "
                                  "stream name the sessions read (source.redis_stream)")
-    drift = None if drift_at is None else {"drift_at_s": drift_at, "drift_deg": drift_deg,
-                                            "drift_silence": drift_silence}
+    drift = None if drift_at is None else (drift_at, drift_deg, drift_silence)
     src = _make_source(source, units, seed, baseline_hz, modulation_hz, drift)
     sink = None
     if redis and redis_stream:
@@ -135,14 +134,18 @@ def sim(endpoint: str = typer.Option("tcp://127.0.0.1:5555", help="PUB endpoint 
 
 
 def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float,
-                 drift: dict[str, float] | None = None):
+                 drift: tuple[float, float, float] | None = None):
+    """``drift``: (at s, degrees, fraction silenced) of a scheduled drift (motor only)."""
     if drift is not None and kind != "motor":
         raise typer.BadParameter(f"--drift-at: only the motor source drifts, not {kind!r}")
     if kind == "motor":
-        from sources.motor import MotorCortexSim
+        from sources.motor import MotorConfig, MotorCortexSim
 
-        return MotorCortexSim(units=units, seed=seed, baseline_hz=baseline_hz,
-                              modulation_hz=modulation_hz, **(drift or {}))
+        cfg = MotorConfig(units=units, seed=seed, baseline_hz=baseline_hz,
+                          modulation_hz=modulation_hz)
+        if drift is not None:
+            cfg.drift_at_s, cfg.drift_deg, cfg.drift_silence = drift
+        return MotorCortexSim(cfg)
     if kind == "parkinson":
         from sources.parkinson import ParkinsonSim
 
