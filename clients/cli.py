@@ -165,6 +165,8 @@ def session_create(
         channels: int = typer.Option(96), bin_ms: float = typer.Option(20.0),
         decoder: str = typer.Option("kalman"), model: str | None = typer.Option(None),
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
+        adapt: bool = typer.Option(False, help="Recalibrate online from the start "
+                                               "(decoder.adapt; or later: session adapt)"),
         api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
         token: str | None = typer.Option(None),
         subject: str | None = typer.Option(None, help="Subject id (for the NWB export)"),
@@ -183,7 +185,8 @@ def session_create(
     cfg: dict[str, Any] = json.loads(config.read_text()) if config else {
         "name": name, "bin_ms": bin_ms,
         "source": {"endpoint": source, "channels": channels},
-        "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
+        "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s,
+                    "adapt": adapt},
     }
     meta = dict(cfg.get("metadata") or {})
     if metadata_from is not None:
@@ -734,13 +737,20 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         transport: str = typer.Option(
             "ipc", help="ipc: source and session output on Unix sockets in the data directory "
                         "(one host, the lower latency); tcp: tcp://127.0.0.1 "
-                        "(--source-port and a free port)")):
+                        "(--source-port and a free port)"),
+        drift_at: float | None = typer.Option(
+            None, min=0, help="The source drifts at this source time (s), as spikeloop sim "
+                              "--drift-at"),
+        adapt: bool = typer.Option(False, help="The decoder recalibrates online from the "
+                                               "start (decoder.adapt)")):
     """Run everything: control plane, simulated motor cortex, and a closed-loop session.
 
     Prints live decoded vs true velocity with a running R² until Ctrl-C, then stops
-    the session and every process it started.
+    the session and every process it started. With --drift-at and --adapt, watch the
+    R² fall at the drift and come back.
 
     Example: spikeloop run --units 256 --bin-ms 10 --seconds 60
+             spikeloop run --bin-ms 50 --calibration-s 60 --drift-at 120 --adapt
     """
     from .control import ControlClient
 
@@ -761,22 +771,26 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         # process, which then stops the session through the API before stopping them.
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "serve", "--port", str(port),
                                        "--data-dir", str(data_dir)], start_new_session=True))
+        drift = ["--drift-at", f"{drift_at:g}"] if drift_at is not None else []
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "sim", "--endpoint", src,
-                                       "--units", str(units)], start_new_session=True))
+                                       "--units", str(units), *drift], start_new_session=True))
         client = ControlClient(api, None)
         _wait_http(client, procs[0])
         client = _client(api, data_dir, None)
         s = client.create_session({
             "name": "demo", "bin_ms": bin_ms,
             "source": {"endpoint": src, "channels": units},
-            "decoder": {"type": "kalman", "calibration_s": calibration_s},
+            "decoder": {"type": "kalman", "calibration_s": calibration_s, "adapt": adapt},
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
             "output": {"endpoint": "ipc" if transport == "ipc" else "tcp://127.0.0.1:0"},
         })
         sid = s["id"]
         s = client.start(sid)
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
-                   f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
+                   f"{calibration_s:g} s of simulated reaching"
+                   + (", then recalibrating it online" if adapt else "")
+                   + (f"; the source drifts at {drift_at:g} s" if drift_at is not None else "")
+                   + ". Ctrl-C to stop.", err=True)
         live = client.session(sid).get("live") or {}
         typer.echo(f"real-time layout: {live.get('scheduling', '?')}", err=True)
         for item in (live.get("realtime") or {}).get("items", []):
