@@ -74,6 +74,13 @@ def sim(endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
         counts: bool = typer.Option(False, help="Publish binned counts instead of events"),
         stim_endpoint: str | None = typer.Option(None, help="Session output to take stim from"),
         baseline_hz: float = typer.Option(12.0), modulation_hz: float = typer.Option(10.0),
+        drift_at: float | None = typer.Option(
+            None, min=0, help="Motor source: drift at this source time (s): rotate every "
+                              "preferred direction and silence units (logged when it happens)"),
+        drift_deg: float = typer.Option(30.0, help="Drift: rotation of the preferred "
+                                                   "directions (degrees)"),
+        drift_silence: float = typer.Option(0.2, min=0, max=1, help="Drift: fraction of the "
+                                                                    "units silenced"),
         curve_secret: Path | None = typer.Option(None, help="CurveZMQ secret key: encrypt"),
         curve_allow: Path | None = typer.Option(None, help="Directory of session public keys "
                                                            "allowed to subscribe"),
@@ -88,8 +95,12 @@ def sim(endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
     With --redis and --redis-stream, frames go to that Redis stream instead of the ZeroMQ
     endpoint (sessions on other hosts read it with source.redis_stream).
 
+    With --drift-at, the motor source drifts at that source time (what online
+    recalibration, ``decoder.adapt`` or ``POST /sessions/{id}/adapt``, must recover from).
+
     Examples: spikeloop sim --units 256 --endpoint tcp://127.0.0.1:5555
               spikeloop sim --redis redis://10.0.0.5:6379/0 --redis-stream rig1
+              spikeloop sim --drift-at 180 --drift-deg 30 --drift-silence 0.2
     """
     from .publisher import SpikePublisher
     from .simrunner import run_source
@@ -97,7 +108,8 @@ def sim(endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
     if bool(redis) != bool(redis_stream):
         raise typer.BadParameter("--redis and --redis-stream go together: the server, and the "
                                  "stream name the sessions read (source.redis_stream)")
-    src = _make_source(source, units, seed, baseline_hz, modulation_hz)
+    drift = None if drift_at is None else (drift_at, drift_deg, drift_silence)
+    src = _make_source(source, units, seed, baseline_hz, modulation_hz, drift)
     sink = None
     if redis and redis_stream:
         from .redis_publisher import RedisStreamSink
@@ -123,12 +135,19 @@ def sim(endpoint: str = typer.Option(LOCAL_SOURCE, help=BIND_HELP),
         pub.close()
 
 
-def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float):
+def _make_source(kind: str, units: int, seed: int, baseline_hz: float, modulation_hz: float,
+                 drift: tuple[float, float, float] | None = None):
+    """``drift``: (at s, degrees, fraction silenced) of a scheduled drift (motor only)."""
+    if drift is not None and kind != "motor":
+        raise typer.BadParameter(f"--drift-at: only the motor source drifts, not {kind!r}")
     if kind == "motor":
-        from sources.motor import MotorCortexSim
+        from sources.motor import MotorConfig, MotorCortexSim
 
-        return MotorCortexSim(units=units, seed=seed, baseline_hz=baseline_hz,
-                              modulation_hz=modulation_hz)
+        cfg = MotorConfig(units=units, seed=seed, baseline_hz=baseline_hz,
+                          modulation_hz=modulation_hz)
+        if drift is not None:
+            cfg.drift_at_s, cfg.drift_deg, cfg.drift_silence = drift
+        return MotorCortexSim(cfg)
     if kind == "parkinson":
         from sources.parkinson import ParkinsonSim
 
@@ -149,6 +168,8 @@ def session_create(
         channels: int = typer.Option(96), bin_ms: float = typer.Option(20.0),
         decoder: str = typer.Option("kalman"), model: str | None = typer.Option(None),
         calibration_s: float = typer.Option(30.0), name: str = typer.Option("session"),
+        adapt: bool = typer.Option(False, help="Recalibrate online from the start "
+                                               "(decoder.adapt; or later: session adapt)"),
         api: str = typer.Option(DEFAULT_API), data_dir: Path = typer.Option(DEFAULT_DATA),
         token: str | None = typer.Option(None),
         subject: str | None = typer.Option(None, help="Subject id (for the NWB export)"),
@@ -167,7 +188,8 @@ def session_create(
     cfg: dict[str, Any] = json.loads(config.read_text()) if config else {
         "name": name, "bin_ms": bin_ms,
         "source": {"endpoint": source, "channels": channels},
-        "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s},
+        "decoder": {"type": decoder, "model": model, "calibration_s": calibration_s,
+                    "adapt": adapt},
     }
     meta = dict(cfg.get("metadata") or {})
     if metadata_from is not None:
@@ -216,6 +238,24 @@ def session_stop(sid: str, api: str = typer.Option(DEFAULT_API),
     """
     with _client(api, data_dir, token) as c:
         _show(c.stop(sid), as_json)
+
+
+@session_app.command("adapt")
+def session_adapt(sid: str,
+                  off: bool = typer.Option(False, "--off", help="Switch recalibration off "
+                                                                "(freeze the decoder as it is)"),
+                  api: str = typer.Option(DEFAULT_API),
+                  data_dir: Path = typer.Option(DEFAULT_DATA),
+                  token: str | None = typer.Option(None)):
+    """Online recalibration on (or --off) from the next bin: the decoder follows the
+    behaviour topic (POST /sessions/{id}/adapt). Prints whether the decoder adapts.
+
+    Example: spikeloop session adapt 3f2a9c1b7d10
+    """
+    with _client(api, data_dir, token) as c:
+        reply = c.adapt(sid, not off)
+    typer.echo(f"{sid}  adapt={'on' if reply['adapt'] else 'off'}  "
+               f"decoder adapting={'yes' if reply['adapting'] else 'no'}")
 
 
 @session_app.command("list")
@@ -701,13 +741,20 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         transport: str = typer.Option(
             "ipc", help="ipc: source and session output on Unix sockets in the data directory "
                         "(one host, the lower latency); tcp: tcp://127.0.0.1 "
-                        "(--source-port and a free port)")):
+                        "(--source-port and a free port)"),
+        drift_at: float | None = typer.Option(
+            None, min=0, help="The source drifts at this source time (s), as spikeloop sim "
+                              "--drift-at"),
+        adapt: bool = typer.Option(False, help="The decoder recalibrates online from the "
+                                               "start (decoder.adapt)")):
     """Run everything: control plane, simulated motor cortex, and a closed-loop session.
 
     Prints live decoded vs true velocity with a running R² until Ctrl-C, then stops
-    the session and every process it started.
+    the session and every process it started. With --drift-at and --adapt, watch the
+    R² fall at the drift and come back.
 
     Example: spikeloop run --units 256 --bin-ms 10 --seconds 60
+             spikeloop run --bin-ms 50 --calibration-s 60 --drift-at 120 --adapt
     """
     from .control import ControlClient
 
@@ -728,22 +775,26 @@ def run(units: int = typer.Option(96, help="Simulated units"),
         # process, which then stops the session through the API before stopping them.
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "serve", "--port", str(port),
                                        "--data-dir", str(data_dir)], start_new_session=True))
+        drift = ["--drift-at", f"{drift_at:g}"] if drift_at is not None else []
         procs.append(subprocess.Popen([py, "-m", "clients.cli", "sim", "--endpoint", src,
-                                       "--units", str(units)], start_new_session=True))
+                                       "--units", str(units), *drift], start_new_session=True))
         client = ControlClient(api, None)
         _wait_http(client, procs[0])
         client = _client(api, data_dir, None)
         s = client.create_session({
             "name": "demo", "bin_ms": bin_ms,
             "source": {"endpoint": src, "channels": units},
-            "decoder": {"type": "kalman", "calibration_s": calibration_s},
+            "decoder": {"type": "kalman", "calibration_s": calibration_s, "adapt": adapt},
             "stim": {"modality": "dbs", "policy": {"type": "speed_to_dbs"}},
             "output": {"endpoint": "ipc" if transport == "ipc" else "tcp://127.0.0.1:0"},
         })
         sid = s["id"]
         s = client.start(sid)
         typer.echo(f"session {sid} started ({s['state']}); calibrating a Kalman decoder on "
-                   f"{calibration_s:g} s of simulated reaching. Ctrl-C to stop.", err=True)
+                   f"{calibration_s:g} s of simulated reaching"
+                   + (", then recalibrating it online" if adapt else "")
+                   + (f"; the source drifts at {drift_at:g} s" if drift_at is not None else "")
+                   + ". Ctrl-C to stop.", err=True)
         live = client.session(sid).get("live") or {}
         typer.echo(f"real-time layout: {live.get('scheduling', '?')}", err=True)
         for item in (live.get("realtime") or {}).get("items", []):

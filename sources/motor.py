@@ -7,10 +7,14 @@ and holds again. Ground truth is [x, y, vx, vy] (cm, cm/s).
 
 ``drift()`` rotates the preferred directions and silences a fraction of units
 mid-run: the non-stationarity that online recalibration must recover from.
+``drift_at_s`` schedules it on the source clock (``spikeloop sim --drift-at``), so
+every runner of the source (live publisher, in-process session, batch counts)
+drifts at the same source time; the drift is logged when it happens.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +22,8 @@ import numpy as np
 from .base import EventDraws, SimSource, Step
 
 NS = 1_000_000_000
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +37,9 @@ class MotorConfig:
     n_targets: int = 8
     substep_ns: int = 1_000_000  # rate resolution for event generation
     seed: int = 0
+    drift_at_s: float | None = None  # source time of a scheduled drift() (None: never)
+    drift_deg: float = 30.0  # ... rotating every preferred direction by this much
+    drift_silence: float = 0.2  # ... and silencing this fraction of the units
 
 
 class MotorCortexSim(SimSource):
@@ -42,6 +51,11 @@ class MotorCortexSim(SimSource):
             setattr(cfg, k, v)
         if not 1 <= cfg.units <= 65535:
             raise ValueError(f"units must be 1..65535, got {cfg.units}")
+        if cfg.drift_at_s is not None and not cfg.drift_at_s >= 0:
+            raise ValueError(f"drift_at_s must be >= 0 s of source time, got {cfg.drift_at_s}")
+        if not 0.0 <= cfg.drift_silence <= 1.0:
+            raise ValueError(f"drift_silence is a fraction of the units (0..1), "
+                             f"got {cfg.drift_silence}")
         self.cfg = cfg
         self.channels = cfg.units
         self.rng = np.random.default_rng(cfg.seed)
@@ -54,6 +68,9 @@ class MotorCortexSim(SimSource):
         self._vmax = 1.875 * cfg.radius_cm / cfg.reach_s  # peak min-jerk speed
         self._set_tuning()
         self.t_ns = 0
+        # the scheduled drift, pending until the source clock reaches it
+        self._drift_ns = None if cfg.drift_at_s is None else int(round(cfg.drift_at_s * NS))
+        self.drifted_at_ns: int | None = None
         self._segment_start_ns = 0
         self._segments = self._new_trial()
 
@@ -100,11 +117,25 @@ class MotorCortexSim(SimSource):
         self.gain[self.rng.choice(self.cfg.units, k, replace=False)] = 0.0
         self._set_tuning()
 
+    def _drift_if_due(self, t_ns: int) -> None:
+        """Apply the scheduled drift once the source clock reaches ``drift_at_s``."""
+        if self._drift_ns is None or t_ns < self._drift_ns:
+            return
+        c = self.cfg
+        self._drift_ns = None
+        silent = int((self.gain == 0).sum())
+        self.drift(c.drift_deg, c.drift_silence)
+        self.drifted_at_ns = t_ns
+        log.info("motor source drifted at %.3f s (source clock): preferred directions "
+                 "rotated %g deg, %d of %d units silenced", t_ns / NS, c.drift_deg,
+                 int((self.gain == 0).sum()) - silent, c.units)
+
     def advance(self, dt_ns: int) -> Step:
         sub = self.cfg.substep_ns
         t0 = self.t_ns
         t = t0
         while t < t0 + dt_ns:
+            self._drift_if_due(t)
             width = min(sub, t0 + dt_ns - t)
             self._draws.draw(self.rates(self._kinematics(t + width // 2)), t, width)
             t += width
@@ -118,6 +149,7 @@ class MotorCortexSim(SimSource):
         counts = np.empty((n_bins, self.channels))
         truth = np.empty((n_bins, 4))
         for b in range(n_bins):
+            self._drift_if_due(self.t_ns)
             kin = self._kinematics(self.t_ns + bin_ns // 2)
             counts[b] = self.rng.poisson(self.rates(kin) * (bin_ns / NS))
             self.t_ns += bin_ns

@@ -179,36 +179,74 @@ class SimThread:
 
     ``inject(step) -> list[frames]`` may return extra (e.g. malformed) frames to send
     on the same socket after a given step. ``publisher``: publish through this one (e.g.
-    to a Redis stream) instead of a SpikePublisher on a free port.
+    to a Redis stream) instead of a SpikePublisher on a free port. ``motor``: options of
+    the motor source (``sources.motor.MotorConfig``, e.g. ``drift_at_s``, as
+    ``spikeloop sim --drift-at``). ``realtime=False`` publishes as fast as it can
+    (``spikeloop sim --fast``), ``step_ms`` is the frame period on the source clock,
+    ``seconds``: stop after that much source time.
+
+    ``subscribers``: publish nothing before that many subscribers joined (counted on an
+    XPUB socket), so a fast source cannot run ahead of the sessions that read it.
+    ``hold_at_s``: source times at which the source stops (``holds_reached`` counts them)
+    until :meth:`resume`, so a test acts at known points of the source clock however
+    slow the machine is.
     """
 
     def __init__(self, units: int = 96, seed: int = 0, inject=None, port: int | None = None,
                  source=None, stim_endpoint: str | None = None, host: str = "127.0.0.1",
-                 publisher=None):
+                 publisher=None, realtime: bool = True, step_ms: float = 1.0,
+                 subscribers: int = 0, hold_at_s: tuple[float, ...] = (),
+                 seconds: float | None = None, **motor):
         from clients.publisher import SpikePublisher
         from sources.motor import MotorCortexSim
 
         self.port = port or free_port()
         self.endpoint = f"tcp://{host}:{self.port}"
-        self.sim = source or MotorCortexSim(units=units, seed=seed)
+        self.sim = source or MotorCortexSim(units=units, seed=seed, **motor)
         units = self.sim.channels
         self.stim_endpoint = stim_endpoint  # set before __enter__ to close the loop
+        self.subscribers = subscribers
+        self._xpub = None
+        if subscribers and publisher is None:
+            self._xpub = _XPub(self.endpoint)
+            publisher = SpikePublisher(None, units, sink=self._xpub)
         self.pub = publisher or SpikePublisher(self.endpoint, units)
         self.inject = inject
+        self.realtime, self.step_ms, self.seconds = realtime, step_ms, seconds
+        self._holds = sorted(int(round(t * 1e9)) for t in hold_at_s)
+        self.holds_reached = 0
+        self._resumed = 0
+        self._cv = threading.Condition()
         self.steps = 0
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def resume(self) -> None:
+        """Go on from the hold the source is waiting at."""
+        with self._cv:
+            self._resumed += 1
+            self._cv.notify_all()
 
     def _on_step(self, step: int) -> None:
         if self.inject is not None:
             for frames in self.inject(step) or ():
                 self.pub.socket.send_multipart(frames)
+        if self._holds and self.sim.t_ns >= self._holds[0]:
+            self._holds.pop(0)
+            with self._cv:
+                self.holds_reached += 1
+                self._cv.wait_for(lambda: self._resumed >= self.holds_reached
+                                  or self._stop.is_set())
 
     def _run(self) -> None:
         from clients.simrunner import run_source
 
-        self.steps = run_source(self.sim, self.pub, 1.0, realtime=True,
-                                should_stop=self._stop.is_set, on_step=self._on_step,
+        if self._xpub is not None and not self._xpub.wait_subscribers(self.subscribers,
+                                                                      self._stop):
+            return
+        self.steps = run_source(self.sim, self.pub, self.step_ms, realtime=self.realtime,
+                                duration_s=self.seconds, should_stop=self._stop.is_set,
+                                on_step=self._on_step,
                                 stim_endpoint=self.stim_endpoint)
 
     def __enter__(self) -> SimThread:
@@ -216,6 +254,39 @@ class SimThread:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
+        with self._cv:
+            self._stop.set()
+            self._cv.notify_all()
         self.thread.join(5)
         self.pub.close()
+
+
+class _XPub:
+    """A PUB that also sees its subscriptions (an XPUB): the sink of a SpikePublisher."""
+
+    def __init__(self, endpoint: str):
+        import zmq
+
+        self.socket = zmq.Context.instance().socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscriber's, not only the first
+        self.socket.setsockopt(zmq.SNDHWM, 100_000)
+        self.socket.setsockopt(zmq.LINGER, 500)
+        self.socket.bind(endpoint)
+        self.endpoint = endpoint
+        self.joined = 0
+
+    def wait_subscribers(self, n: int, stop: threading.Event) -> bool:
+        """Block until ``n`` subscriptions arrived (False: ``stop`` was set first)."""
+        while self.joined < n:
+            if stop.is_set():
+                return False
+            if self.socket.poll(100):
+                if self.socket.recv()[:1] == b"\x01":
+                    self.joined += 1
+        return True
+
+    def send_multipart(self, frames, copy: bool = True) -> None:
+        self.socket.send_multipart(frames, copy=copy)
+
+    def close(self) -> None:
+        self.socket.close()
