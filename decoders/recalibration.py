@@ -82,6 +82,43 @@ class ReadoutRLS:
         kernel.b_out.numpy()[:] = self.W[:, -1]
 
 
+class InputCentering:
+    """Slow re-centring of an SNN's inputs on their running means.
+
+    The SNN sees standardised inputs ``(x - mu) / sd``, folded into its input
+    weights and bias (``b_in = b - W mu``). When a unit falls silent its input
+    reads ``-mu / sd`` for ever: a constant current into every hidden neuron
+    that no readout can undo. This keeps an exponential running mean ``m`` of
+    each input over the adapted bins (time constant ``tau_bins``) and, every
+    ``every`` bins, sets ``b_in = b0 + W (mu - m)``: the inputs are centred on
+    what they are now, as the network was trained on centred inputs. Pure
+    float numpy in place (replays bit for bit); the kernel's bias buffer is
+    written, its weights are not.
+    """
+
+    def __init__(self, kernel, mu: np.ndarray, tau_bins: float, every: int):
+        self.b0 = kernel.b_in.numpy().copy()  # the bias centred on mu
+        self.mu = np.asarray(mu, np.float64).copy()
+        self.m = self.mu.copy()
+        self.a = 1.0 / max(1.0, float(tau_bins))
+        self.every = max(1, int(every))
+        self._ax = np.zeros_like(self.m)
+        self._d = np.zeros(len(self.mu), np.float32)
+        self.n_updates = 0
+
+    def update(self, kernel) -> None:
+        """One adapted bin: the counts ``kernel`` just stepped join the running means."""
+        np.multiply(kernel.x.numpy(), self.a, out=self._ax)
+        self.m *= 1.0 - self.a
+        self.m += self._ax
+        self.n_updates += 1
+        if self.n_updates % self.every == 0:
+            np.subtract(self.mu, self.m, out=self._d, casting="same_kind")
+            b_in = kernel.b_in.numpy()  # the kernel's own bias buffer, written in place
+            np.dot(kernel.w_in.numpy(), self._d, out=b_in)
+            b_in += self.b0
+
+
 class LinearRLS:
     """RLS for ``y ≈ W z`` when every row of ``W`` shares the regressor ``z``.
 

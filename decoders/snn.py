@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import neurons as nr
 from .base import Decoder
-from .recalibration import ReadoutRLS
+from .recalibration import InputCentering, ReadoutRLS
 
 
 def _log_uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> Tensor:
@@ -313,6 +313,14 @@ class SNNDecoder(Decoder):
         "weight_decay": 1e-2, "rate_reg": 1e-3, "input_dropout": 0.2, "val_frac": 0.1,
         "patience": 20, "seed": 0, "threads": 1, "readout_trace": False,
         "surrogate_scale": 5.0,
+        # online recalibration (readout RLS): forgetting factor, and delta = how strongly
+        # the readout is held to its trained weights at first (P0 = I / delta). 300, not
+        # 10: after a drift (30 deg rotation, 20 % of units silenced; 2 min at 50 ms) the
+        # 256-unit SNN recovered 90 % of the lost R2 instead of 70 % (docs/decoders.md)
+        "adapt_lam": 0.999, "adapt_delta": 300.0,
+        # ... and the inputs re-centred on their running means over this many seconds of
+        # adapted bins (0: off), so silenced units stop driving the hidden layer
+        "adapt_center_s": 30.0,
     }
 
     def __init__(self, **params: Any):
@@ -327,6 +335,7 @@ class SNNDecoder(Decoder):
         self.output_names = []
         self.history: list[dict[str, float]] = []
         self.adapter: ReadoutRLS | None = None
+        self.centering: InputCentering | None = None
 
     # --------------------------------------------------------------- fitting
     def fit(self, counts: np.ndarray, targets: np.ndarray, bin_ms: float = 0.0,
@@ -351,6 +360,7 @@ class SNNDecoder(Decoder):
         self.history = train_snn(net, (C - mu) / sd, (Y - ymu) / ysd, segments, p,
                                  progress=progress)
         self.kparams = export_kernel_params(net, mu, sd, ymu, ysd)
+        self.kparams["mu_in"] = mu  # the input means b_in is centred on (recalibration)
         self._prepare()
         return self
 
@@ -384,11 +394,20 @@ class SNNDecoder(Decoder):
     def enable_adaptation(self, enabled: bool = True, **rls: Any) -> ReadoutRLS:
         """Switch online recalibration (RLS on the readout) on or off.
 
-        The first call creates the adapter (``rls``: ``lam``, ``delta``); later
-        calls only toggle it, keeping what it has learned.
+        The first call creates the adapter (``rls``: ``lam``, ``delta``; by default the
+        decoder's ``adapt_lam`` and ``adapt_delta``); later calls only toggle it, keeping
+        what it has learned.
         """
         if self.adapter is None:
+            p = self.params
+            rls = {"lam": p["adapt_lam"], "delta": p["adapt_delta"]} | rls
             self.adapter = ReadoutRLS(self.kernel, **rls)
+            mu = self.kparams.get("mu_in")  # absent from models saved before it existed
+            bin_ms = float(getattr(self, "bin_ms", 0.0) or 0.0)
+            if p["adapt_center_s"] > 0 and mu is not None and bin_ms > 0:
+                self.centering = InputCentering(
+                    self.kernel, mu, tau_bins=p["adapt_center_s"] * 1000.0 / bin_ms,
+                    every=round(1000.0 / bin_ms))  # the bias moves once a second
         self.adapter.enabled = enabled
         return self.adapter
 
@@ -419,8 +438,10 @@ class SNNDecoder(Decoder):
         return self.kernel.run(counts)[1]
 
     def adapt(self, target: np.ndarray) -> None:
-        if self.adapter is not None:
+        if self.adapter is not None and self.adapter.enabled:
             self.adapter.adapt(self.kernel, target)
+            if self.centering is not None:
+                self.centering.update(self.kernel)
 
     # --------------------------------------------------------------- persistence
     def n_params(self) -> int:
@@ -428,7 +449,8 @@ class SNNDecoder(Decoder):
         k = self.kparams
         n_w = int(np.count_nonzero(k["w_in"])) if self.params["branches"] > 1 else k[
             "w_in"].size
-        rest = sum(np.asarray(v).size for name, v in k.items() if name not in ("w_in", "y0"))
+        rest = sum(np.asarray(v).size for name, v in k.items()
+                   if name not in ("w_in", "y0", "mu_in"))
         return n_w + rest
 
     def metadata(self) -> dict[str, Any]:
@@ -443,6 +465,10 @@ class SNNDecoder(Decoder):
                              "b_out": W[:, -1].copy()}
             if "w_a" in self.kparams:
                 self.kparams["w_a"] = W[:, 2 * H:3 * H].copy()
+        if self.centering is not None and self.centering.n_updates:
+            # the bias in force and the means it is centred on: a reload continues here
+            self.kparams |= {"b_in": self.kernel.b_in.numpy().astype(np.float64),
+                             "mu_in": self.centering.m.copy()}
         return {k: np.asarray(v) for k, v in self.kparams.items()}
 
     def load_state_dict(self, state: dict[str, np.ndarray], meta: dict[str, Any]) -> None:

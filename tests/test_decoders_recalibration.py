@@ -101,3 +101,41 @@ def test_rls_covers_the_adaptation_trace_readout(tmp_path):
     assert not np.array_equal(dec.state_dict()["w_a"], w_a)
     back = Decoder.load(dec.save(tmp_path / "trace"))
     np.testing.assert_allclose(back.predict(counts[400:]), dec.predict(counts[400:]), atol=1e-6)
+
+
+def test_input_centering_cancels_a_silenced_units_drive():
+    """A unit that falls silent reads -mu/sd to a network trained on centred inputs: a
+    constant current no readout can undo. With adaptation on, the input bias follows the
+    running input means, so the silent unit's drive returns to what its mean gave."""
+    from decoders import Decoder
+
+    counts, truth = MotorCortexSim(units=16, seed=3).counts(800, BIN_NS)
+    dec = build_decoder("snn", hidden=16, epochs=2, window=32).fit(
+        counts[:600], truth[:600, 2:], bin_ms=50.0, output_names=["vx", "vy"])
+    k = dec.kernel
+    mu = dec.kparams["mu_in"]
+    b0 = k.b_in.numpy().copy()
+    dec.set_adaptation(True)
+    assert dec.centering is not None
+    silent = counts[600:].copy()
+    silent[:, 0] = 0.0  # unit 0 dies
+    for c, y in zip(np.tile(silent, (6, 1)), np.tile(truth[600:, 2:], (6, 1)), strict=True):
+        dec.step(c)
+        dec.adapt(y)
+    m = dec.centering.m
+    assert m[0] < 0.15 * mu[0]  # its running mean follows it to zero (1200 bins, tau 600)
+    assert np.all(np.abs(m[1:] - mu[1:]) < 0.5 * mu[1:] + 0.05)  # the living stay near
+    expected = b0 + k.w_in.numpy() @ (mu - m).astype(np.float32)
+    np.testing.assert_allclose(k.b_in.numpy(), expected, rtol=1e-4, atol=1e-4 * abs(b0).max())
+    # saved and reloaded, the model continues from the centred bias
+    back = Decoder.__new__(type(dec))
+    back.load_state_dict(dec.state_dict(), dec.metadata())
+    np.testing.assert_array_equal(back.kernel.b_in.numpy(), k.b_in.numpy())
+    np.testing.assert_array_equal(back.kparams["mu_in"], m)
+    # off: nothing moves any more
+    dec.set_adaptation(False)
+    before = k.b_in.numpy().copy()
+    for c, y in zip(silent[:40], truth[600:640, 2:], strict=True):
+        dec.step(c)
+        dec.adapt(y)
+    np.testing.assert_array_equal(k.b_in.numpy(), before)
