@@ -35,7 +35,7 @@ def _check_endpoint(v: str) -> str:
 
 def session_dir(run_dir: Path, sid: str) -> Path:
     """A session's own 0700 directory under the run directory: its control and output
-    sockets (the manager and a runner started by hand agree on it)."""
+    sockets (the manager creates it; the runner binds its ``"ipc"`` output there)."""
     d = run_dir / sid
     d.mkdir(mode=0o700, exist_ok=True)
     d.chmod(0o700)
@@ -44,7 +44,8 @@ def session_dir(run_dir: Path, sid: str) -> Path:
 
 def output_endpoint(endpoint: str, run_dir: Path, sid: str) -> str:
     """Where a session binds its output: ``"ipc"`` (the default) becomes a socket in its
-    own directory; any other (checked) endpoint is used as given."""
+    own directory; any other (checked) endpoint is used as given. Only the runner resolves
+    it, so the config it records keeps ``"ipc"`` and a replay of it binds its own socket."""
     if endpoint == "ipc":
         return f"ipc://{session_dir(run_dir, sid) / 'output.sock'}"
     return endpoint

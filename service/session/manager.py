@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from service.cluster.redis_streams import redact
-from service.session.config import SessionConfig, output_endpoint, session_dir
+from service.session.config import SessionConfig, session_dir
 from service.session.control import SessionUnreachable, call
 from service.session.realtime import pick_cpu
 from service.session.store import Store
@@ -319,7 +319,6 @@ class SessionManager:
         sdir = self.session_dir(sid)
         for sock in sdir.glob("*.sock"):  # ours, from an earlier run of this session
             sock.unlink()
-        cfg.output.endpoint = output_endpoint(cfg.output.endpoint, self.run_dir, sid)
         if cfg.realtime and cfg.cpu is None:  # spread real-time sessions over the cores
             cfg.cpu = pick_cpu(os.sched_getaffinity(0), self._pinned_cpus())
         self._cpus[sid] = cfg.cpu
@@ -456,6 +455,8 @@ class SessionManager:
                 base = recorded_config(r.value).model_dump()
                 # Recordings carry no Redis password (and a replay runs here): no Redis.
                 base.pop("redis", None)
+                # The recorded output was that session's socket, not this one's.
+                base["output"]["endpoint"] = "ipc"
                 break
         cfg = _merge(base, overrides or {})
         port = _free_port()
